@@ -1,0 +1,20 @@
+"""dropcheck: audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.).
+
+Public API: `audit(model, example_input) -> Report`. Importing this package does not import
+torch; the pipeline is loaded on first use so the CLI's `rules` and `explain` stay fast.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .records import DropcheckError, Finding, Report, Severity, Site, SiteKind
+
+__version__ = "0.1.0"
+__all__ = ["audit", "Report", "Site", "SiteKind", "Finding", "Severity", "DropcheckError", "__version__"]
+
+
+def audit(model: Any, example_input: Any) -> Report:
+    """Audit `model` (an nn.Module) traced with `example_input`; returns the same content as the JSON."""
+    from .pipeline import audit as _audit
+
+    return _audit(model, example_input)

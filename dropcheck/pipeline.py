@@ -1,0 +1,53 @@
+"""The audit pipeline: target -> capture -> sites -> findings, as one Report per target."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .records import CaptureInfo, DropcheckError, Report, Target
+
+
+def audit_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+                 enabled: frozenset[str] | None = None) -> Report:
+    """Load and audit one target spec; a failure becomes an error Report, never an exception."""
+    from .load import load_target
+
+    started = time.perf_counter()
+    try:
+        target = load_target(spec, model_args, input_shape)
+        report = audit_loaded(target, enabled)
+    except DropcheckError as exc:
+        report = Report(target=spec, status="error", error=exc, input_shape=list(input_shape) if input_shape else None)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not take the other targets down
+        error = DropcheckError("internal", f"internal error while auditing {spec}: {type(exc).__name__}: "
+                               f"{(str(exc).strip().splitlines() or [''])[0][:200]}",
+                               "please report this; --verbose shows the traceback")
+        error.__cause__ = exc
+        report = Report(target=spec, status="error", error=error)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def audit_loaded(target: Target, enabled: frozenset[str] | None = None) -> Report:
+    """Audit a loaded target; raises DropcheckError on trace or shape failures."""
+    from .capture import capture_graph
+    from .catalog import load_rules
+    from .check import run_rules
+    from .sites import find_sites
+
+    started = time.perf_counter()
+    capture = capture_graph(target)
+    sites, stochastic, notes = find_sites(capture)
+    rules = {r.code: r for r in load_rules()}
+    findings = run_rules(sites, rules, enabled)
+    has_bn = not any(n.startswith("no BatchNorm") for n in notes)
+    info = CaptureInfo(method=capture.method, nodes=len(capture.nodes), device=capture.device, has_batchnorm=has_bn)
+    return Report(target=target.spec, model=type(target.model).__name__, input_shape=target.input_shape,
+                  capture=info, dropouts=sites, stochastic_depth=stochastic, opaque_regions=list(capture.opaque),
+                  findings=findings, notes=notes, seconds=time.perf_counter() - started)
+
+
+def audit(model: Any, example_input: Any, enabled: frozenset[str] | None = None) -> Report:
+    """Python API: audit a built model with an example input. The model is left as it was."""
+    target = Target(spec=type(model).__name__, model=model, example_input=example_input, origin="api")
+    return audit_loaded(target, enabled)

@@ -1,0 +1,309 @@
+"""Records that cross stage boundaries.
+
+Plain frozen dataclasses and string enums: importing this module never imports torch,
+so `dropcheck rules` and `dropcheck explain` stay fast. Records other than Target and
+Capture hold names, not fx nodes or tensors, so they serialise with one `to_dict()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class StrEnum(str, Enum):
+    """`enum.StrEnum` for Python 3.10 too."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 1, "warning": 2, "error": 3}[self.value]
+
+
+class SiteKind(StrEnum):
+    """Where a dropout sits relative to BatchNorm, residual merges and the head (design §3)."""
+
+    TRUNK_PRE_BN = "trunk.pre_bn"
+    BRANCH_PRE_BN = "branch.pre_bn"
+    BRANCH_GUIDELINE = "branch.guideline"
+    BRANCH_POST_WEIGHT = "branch.post_weight"
+    HEAD_PRE_BN = "head.pre_bn"
+    HEAD_PRE_GAP = "head.pre_gap"
+    HEAD_POST_GAP = "head.post_gap"
+    HEAD_LOGITS = "head.logits"
+    OTHER = "other"
+    UNUSED = "unused"  # declared but never called in forward (DC007)
+
+
+class DropcheckError(Exception):
+    """A user-facing error: one line of message, one hint, a kind for the JSON `error`."""
+
+    def __init__(self, kind: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "hint": self.hint}
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    file: str
+    line: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line}
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class Target:
+    """A loaded model and the input it is captured with (load -> capture)."""
+
+    spec: str
+    model: Any  # torch.nn.Module
+    example_input: Any  # torch.Tensor
+    origin: str = ""  # "file", "module", "torchvision", "timm", "api"
+    declared_at: dict[str, SourceLocation] = field(default_factory=dict)  # module qualname -> line
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.example_input.shape)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One dropout call (module or functional) and where it sits."""
+
+    id: str
+    module: str | None  # qualname of the dropout module, or of the module whose forward calls it
+    op: str  # class name ("Dropout", "DropBlock2d") or function name ("dropout", "scaled_dot_product_attention")
+    p: float
+    site: SiteKind
+    paper_position: str | None = None  # P0..P7, H1..H7 where the block matches the paper's figures
+    active: bool = True  # p > 0 and live in train mode
+    always_on: bool = False  # still live in eval mode (DC006)
+    reaches: tuple[str, ...] = ()  # BatchNorms reached before any residual merge (DC001)
+    merge: str | None = None  # the residual merge that ends this dropout's branch
+    opaque: str | None = None  # qualname of an opaque (untraceable) module holding it
+    why: str = ""  # one line: why this site has this kind
+    source: SourceLocation | None = None
+    declared: SourceLocation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "module": self.module,
+            "op": self.op,
+            "p": self.p,
+            "site": self.site.value,
+            "paper_position": self.paper_position,
+            "active": self.active,
+            "always_on": self.always_on,
+            "reaches": list(self.reaches),
+            "merge": self.merge,
+            "opaque": self.opaque,
+            "why": self.why,
+            "source": self.source.to_dict() if self.source else None,
+            "declared": self.declared.to_dict() if self.declared else None,
+        }
+
+
+@dataclass(frozen=True)
+class StochasticDepthSite:
+    """DropPath / StochasticDepth: reported, but not dropout in the paper's sense."""
+
+    id: str
+    module: str | None
+    op: str
+    p: float
+    merge: str | None
+    source: SourceLocation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "module": self.module,
+            "op": self.op,
+            "p": self.p,
+            "merge": self.merge,
+            "source": self.source.to_dict() if self.source else None,
+        }
+
+
+@dataclass(frozen=True)
+class OpaqueRegion:
+    """A leaf module the tracer could not look into, with what it hides."""
+
+    module: str
+    type: str
+    batchnorms: tuple[str, ...]
+    dropouts: tuple[str, ...]
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "type": self.type,
+            "batchnorms": list(self.batchnorms),
+            "dropouts": list(self.dropouts),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    name: str
+    severity: Severity
+    dropout: str  # Site.id
+    message: str
+    fix: str
+    reaches: tuple[str, ...] = ()
+    source: SourceLocation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "name": self.name,
+            "severity": self.severity.value,
+            "dropout": self.dropout,
+            "message": self.message,
+            "fix": self.fix,
+            "reaches": list(self.reaches),
+            "source": self.source.to_dict() if self.source else None,
+        }
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of the rule catalogue (rules/*.md)."""
+
+    code: str
+    name: str
+    severity: Severity
+    summary: str
+    sites: tuple[str, ...]
+    paper: str
+    path: str
+    body: str  # the Markdown after the front matter
+    example_bad: str = ""  # code of the "Example" section
+    example_good: str = ""  # code of the "Use instead" section
+    example_dropout: str = ""  # site id the bad example must be flagged on
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "severity": self.severity.value,
+            "summary": self.summary,
+            "sites": list(self.sites),
+            "paper": self.paper,
+        }
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """How the model was captured, for the report."""
+
+    method: str  # "symbolic_trace" or "zoo-aware"
+    nodes: int
+    device: str  # "meta" or "cpu"
+    has_batchnorm: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "nodes": self.nodes,
+            "device": self.device,
+            "has_batchnorm": self.has_batchnorm,
+        }
+
+
+@dataclass
+class Report:
+    """The audit of one target: the `results[i]` object of JSON schema 1."""
+
+    target: str
+    status: str = "ok"  # "ok" or "error"
+    error: DropcheckError | None = None
+    model: str | None = None
+    input_shape: list[int] | None = None
+    capture: CaptureInfo | None = None
+    dropouts: list[Site] = field(default_factory=list)
+    stochastic_depth: list[StochasticDepthSite] = field(default_factory=list)
+    opaque_regions: list[OpaqueRegion] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    measurements: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "status": self.status,
+            "error": self.error.to_dict() if self.error else None,
+            "model": self.model,
+            "input_shape": self.input_shape,
+            "capture": self.capture.to_dict() if self.capture else None,
+            "dropouts": [s.to_dict() for s in self.dropouts],
+            "stochastic_depth": [s.to_dict() for s in self.stochastic_depth],
+            "opaque_regions": [o.to_dict() for o in self.opaque_regions],
+            "findings": [f.to_dict() for f in self.findings],
+            "notes": list(self.notes),
+            "seconds": round(self.seconds, 3),
+            "measurements": self.measurements,
+        }
+
+    def worst(self) -> Severity | None:
+        ranked = sorted((f.severity for f in self.findings), key=lambda s: s.rank)
+        return ranked[-1] if ranked else None
+
+
+@dataclass
+class FlowNode:
+    """One node of the analysed data-flow graph (fx node, possibly inlined from an opaque leaf)."""
+
+    name: str
+    op: str  # fx op: placeholder, get_attr, call_module, call_function, call_method, output, alias
+    target: Any  # qualname for call_module/get_attr, callable or method name otherwise
+    module: Any = None  # the nn.Module for call_module nodes
+    inputs: list[str] = field(default_factory=list)  # nodes whose values flow into this one
+    users: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] | None = None
+    owner: str = ""  # qualname of the module whose forward created the node
+    source: SourceLocation | None = None
+    args: tuple[Any, ...] = ()  # fx args with nodes replaced by their names
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Capture:
+    """The captured model (capture -> sites, fix, measure)."""
+
+    root: Any  # the nn.Module that was traced
+    graph_module: Any  # train-mode fx.GraphModule
+    eval_graph_module: Any | None  # eval-mode fx.GraphModule (None if that trace failed)
+    nodes: dict[str, FlowNode]  # topological order
+    outputs: list[str]  # nodes that feed the model's output
+    eval_live_dropouts: list[tuple[str, str, SourceLocation | None, float]]  # (owner, op, source, p) live in eval
+    method: str
+    device: str
+    opaque: list[OpaqueRegion] = field(default_factory=list)
+    declared: dict[str, SourceLocation] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
