@@ -12,6 +12,7 @@ import inspect
 import os
 import sys
 import types
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -276,7 +277,8 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any],
     for device in ("meta", "cpu"):
         by_id: dict[int, SourceLocation] = {}
         try:
-            with _record_declarations(by_id), torch.device(device):
+            with _record_declarations(by_id), torch.device(device), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # constructors' deprecation chatter is not the user's report
                 model = factory(**kwargs)
         except TypeError as exc:
             if "argument" in str(exc):

@@ -231,6 +231,8 @@ class _Graph:
     def display(self, i: int) -> str:
         """The name users know: a module's qualname, else owner/node."""
         n = self.nodes[i]
+        if self.kinds[i] == OPAQUE:
+            return f"{n.target} (opaque)"
         if n.op == "call_module":
             return str(n.target)
         base = n.name.rsplit("::", 1)[-1]
@@ -432,8 +434,9 @@ def _opaque_notes(regions: list[OpaqueRegion]) -> list[str]:
             notes.append(f"{len(group)} {typ} module(s) are fx leaves ({names}): their attention dropout is "
                          "reported at their output")
         else:
-            notes.append(f"{len(group)} {typ} module(s) could not be traced on their own ({reason}): the "
-                         f"BatchNorm and dropout inside are placed at their output ({names})")
+            notes.append(f"{len(group)} {typ} module(s) could not be traced on their own ({reason}): their "
+                         f"dropouts are listed without a verdict, and a dropout reaching one that holds "
+                         f"BatchNorm counts as reaching that BatchNorm ({names})")
     return notes
 
 
@@ -477,17 +480,29 @@ def _site_for(g: _Graph, i: int, n: FlowNode, ids: _IdMaker, live_in_eval: set) 
 
 
 def _opaque_sites(g: _Graph, i: int, region: OpaqueRegion, ids: _IdMaker, capture: Capture) -> list[Site]:
-    """Dropouts hidden in an untraceable leaf: placed at the leaf's output, position inside unknown."""
-    placement = _place(g, i)
+    """Dropouts hidden in an untraceable leaf.
+
+    torch's MultiheadAttention drops attention weights just before its output projection, so its
+    output is a fair place for that site. Anywhere else the position inside is unknown: the site
+    is listed as `other`, with no verdict, rather than guessed.
+    """
+    attention = region.reason == "torch.nn leaf"
+    placement = _place(g, i) if attention else None
     out = []
     for qual in region.dropouts:
         m = capture.root.get_submodule(qual)
         p = ops.module_p(m)
-        out.append(Site(id=ids.module(qual), module=qual, op=type(m).__name__, p=p, site=placement.site,
-                        paper_position=None, active=p > 0, reaches=placement.reaches, merge=placement.merge,
-                        opaque=region.module,
-                        why=f"inside opaque {region.type} {region.module}, placed at its output; " + placement.why,
-                        source=capture.declared.get(qual) or g.nodes[i].source, declared=capture.declared.get(qual)))
+        source = capture.declared.get(qual) or g.nodes[i].source
+        if placement is not None:
+            out.append(Site(id=ids.module(qual), module=qual, op=type(m).__name__, p=p, site=placement.site,
+                            active=p > 0, reaches=placement.reaches, merge=placement.merge, opaque=region.module,
+                            why="attention dropout inside " + region.module + "; " + placement.why,
+                            source=source, declared=capture.declared.get(qual)))
+            continue
+        out.append(Site(id=ids.module(qual), module=qual, op=type(m).__name__, p=p, site=SiteKind.OTHER,
+                        active=p > 0, opaque=region.module,
+                        why=f"inside {region.type} {region.module}, which fx cannot trace: position unknown",
+                        source=source, declared=capture.declared.get(qual)))
     return out
 
 
