@@ -50,22 +50,22 @@ def run_rules(sites: list[Site], rules: dict[str, Rule], enabled: frozenset[str]
 
 
 def _message(code: str, site: Site) -> str:
-    where = f" ({site.paper_position})" if site.paper_position else ""
+    where = f" at {site.paper_position}" if site.paper_position else ""
     if code == "DC001":
         reached = ", ".join(site.reaches[:3]) + (" ..." if len(site.reaches) > 3 else "")
-        return (f"{site.op}(p={site.p:g}) at {site.id}{where} reaches BatchNorm {reached} before any residual "
+        return (f"{site.op}(p={site.p:g}){where} reaches BatchNorm {reached} before any residual "
                 "merge: its train-time variance differs from test time, so the BatchNorm's statistics are wrong "
                 "at test time")
     if code == "DC002":
-        return (f"{site.op}(p={site.p:g}) at {site.id}{where} comes after global pooling: dropping whole pooled "
+        return (f"{site.op}(p={site.p:g}){where} comes after global pooling: dropping whole pooled "
                 "channels gives the output more variance than dropping before the pool")
     if code == "DC003":
-        return f"{site.op}(p={site.p:g}) at {site.id}{where} drops the model's predictions: no weight layer follows"
+        return f"{site.op}(p={site.p:g}){where} drops the model's predictions: no weight layer follows"
     if code == "DC005":
-        return (f"{site.op}(p={site.p:g}) at {site.id}{where} follows the branch's last weight layer "
+        return (f"{site.op}(p={site.p:g}){where} follows the branch's last weight layer "
                 "(PostDropout)")
     if code == "DC007":
-        return f"{site.op}(p={site.p:g}) at {site.id} is declared but forward never calls it"
+        return f"{site.op}(p={site.p:g}) is declared but forward never calls it"
     return site.why
 
 

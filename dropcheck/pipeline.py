@@ -10,7 +10,7 @@ from .records import CaptureInfo, DropcheckError, Report, Target
 def audit_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
                  enabled: frozenset[str] | None = None) -> Report:
     """Load and audit one target spec; a failure becomes an error Report, never an exception."""
-    from .load import load_target
+    from .load import load_target  # imports torch: not part of this target's time
 
     started = time.perf_counter()
     try:

@@ -272,3 +272,57 @@ def test_wrong_input_shape_is_a_shape_error() -> None:
         audit_loaded(load_target("torchvision:resnet18", input_shape=(1, 1, 32, 32)))
     assert caught.value.kind == "shape" and "1,1,32,32" in caught.value.message
     assert "--input-shape" in caught.value.hint
+
+
+_FAMILY = [
+    ("Dropout", lambda: nn.Dropout(0.2), None),
+    ("Dropout1d", lambda: nn.Dropout1d(0.2), None),
+    ("Dropout2d", lambda: nn.Dropout2d(0.2), None),
+    ("AlphaDropout", lambda: nn.AlphaDropout(0.2), None),
+    ("FeatureAlphaDropout", lambda: nn.FeatureAlphaDropout(0.2), None),
+    ("dropout", None, lambda x, t: F.dropout(x, 0.2, t)),
+    ("dropout1d", None, lambda x, t: F.dropout1d(x, 0.2, t)),
+    ("dropout2d", None, lambda x, t: F.dropout2d(x, 0.2, t)),
+    ("alpha_dropout", None, lambda x, t: F.alpha_dropout(x, 0.2, t)),
+    ("feature_alpha_dropout", None, lambda x, t: F.feature_alpha_dropout(x, 0.2, t)),
+    ("dropout", None, lambda x, t: torch.dropout(x, 0.2, t)),
+    ("feature_dropout", None, lambda x, t: torch.feature_dropout(x, 0.2, t)),
+]
+
+
+class _FamilyNet(nn.Module):
+    def __init__(self, module: nn.Module | None, function) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv1d(4, 4, 1), nn.BatchNorm1d(4), nn.Linear(4, 2)
+        self.drop, self.function = module, function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = self.drop(x) if self.drop is not None else self.function(x, self.training)
+        return self.fc(self.bn(x).mean(-1))
+
+
+@pytest.mark.parametrize("op, module, function", _FAMILY, ids=[f"{i}-{f[0]}" for i, f in enumerate(_FAMILY)])
+def test_every_dropout_family_member_is_a_site(op: str, module, function) -> None:
+    report = dropcheck.audit(_FamilyNet(module() if module else None, function), torch.randn(2, 4, 6))
+    (site,) = report.dropouts
+    assert site.op == op and site.p == pytest.approx(0.2) and site.active and not site.always_on
+    assert site.reaches == ("bn",) and [f.rule for f in report.findings] == ["DC001"]
+
+
+class _DropBlockNet(nn.Module):
+    def __init__(self) -> None:
+        from timm.layers import DropBlock2d
+
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.Linear(4, 2)
+        self.drop = DropBlock2d(0.2, block_size=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.drop(self.conv(x))).mean((2, 3)))
+
+
+def test_timm_drop_block_module_is_a_leaf_and_a_site() -> None:
+    # DropBlock2d takes min(block_size, H) of a symbolic H: it only traces as a leaf
+    report = dropcheck.audit(_DropBlockNet(), torch.randn(2, 4, 8, 8))
+    assert [(s.op, s.reaches) for s in report.dropouts] == [("DropBlock2d", ("bn",))]
