@@ -35,6 +35,32 @@ class DropcheckTracer(fx.Tracer):
         self.sources: dict[str, SourceLocation | None] = {}
         self.owners: dict[str, str] = {}
 
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if isinstance(root, nn.Module):  # name lookups by identity: fx scans every parameter per access
+            self._param_names = {id(p): n for n, p in root.named_parameters()}
+            self._buffer_names = {id(b): n for n, b in root.named_buffers()}
+        return super().trace(root, concrete_args)
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):  # same get_attr fx would emit, found without a scan
+            names = getattr(self, "_param_names" if isinstance(a, nn.Parameter) else "_buffer_names", {})
+            if id(a) in names:
+                return self.create_node("get_attr", names[id(a)], (), {})
+        return super().create_arg(a)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if isinstance(attr_val, nn.Parameter):
+            name = getattr(self, "_param_names", {}).get(id(attr_val))
+        elif self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
+            name = getattr(self, "_buffer_names", {}).get(id(attr_val))
+        else:
+            return attr_val
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if ops.is_dropout_module(m) or ops.is_stochastic_depth_module(m):
             return True

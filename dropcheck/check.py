@@ -19,6 +19,7 @@ _BY_SITE: dict[SiteKind, tuple[str, str]] = {
                                            "less variance shift than PostDropout when E[W] != 0"),
     SiteKind.UNUSED: ("DC007", "call it in forward where it belongs, or delete it so nobody believes it is on"),
 }
+_PRE_BN_FIX = "put it where no BatchNorm follows before a residual merge: P6 in a branch, H4 in the head"
 _ALWAYS_ON_FIX = "pass training=self.training (or use an nn.Dropout module) so eval() switches it off"
 _REPEATED_FIX = "keep one dropout per residual branch, after the last BatchNorm and before the last weight layer"
 
@@ -29,9 +30,12 @@ def run_rules(sites: list[Site], rules: dict[str, Rule], enabled: frozenset[str]
     repeated = _repeated_in_branch(sites)
     for site in sites:
         candidates: list[tuple[str, str, str]] = []
+        if site.active and site.reaches:  # DC001 is reachability, whatever else the site is
+            advice = _BY_SITE.get(site.site, ("DC001", _PRE_BN_FIX))
+            candidates.append(("DC001", _message("DC001", site), advice[1] if advice[0] == "DC001" else _PRE_BN_FIX))
         if site.active or site.site is SiteKind.UNUSED:
             entry = _BY_SITE.get(site.site)
-            if entry:
+            if entry and entry[0] != "DC001":
                 candidates.append((entry[0], _message(entry[0], site), entry[1]))
         if site.id in repeated:
             others = ", ".join(s for s in repeated[site.id])

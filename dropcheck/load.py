@@ -5,7 +5,6 @@ Spec forms: `path/model.py`, `path/model.py:Name`, `package.module:Name`, `torch
 """
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
 import inspect
@@ -25,31 +24,6 @@ from .records import DropcheckError, SourceLocation, Target
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    """`-a KEY=VALUE` pairs -> constructor keywords; values are Python literals, else strings."""
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise DropcheckError("usage", f"bad --model-arg '{pair}'", "write KEY=VALUE, e.g. -a drop_rate=0.2")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = raw
-    return kwargs
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise DropcheckError("usage", f"bad --input-shape '{text}'", "give positive sizes, e.g. 1,3,224,224")
-    return shape
 
 
 def load_target(spec: str, model_args: dict[str, Any] | None = None,

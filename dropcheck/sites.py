@@ -267,14 +267,14 @@ def _place(g: _Graph, s: int) -> _Placement:
     merge = merges[0] if merges else None
     merge_name = g.display(merge) if merge is not None else None
 
+    reaches = tuple(g.display(i) for i in reached)  # DC001 follows these, whatever the site kind
     on_predictions = g.reaches_output(s, lambda i: g.kinds[i] == WEIGHT or is_merge(i))
     if on_predictions:
-        return _logits(g, s, merge_name, after_pool=s in g.post_pool)
+        return _logits(g, s, merge_name, reaches, after_pool=s in g.post_pool)
     if s in g.post_pool:
-        return _Placement(SiteKind.HEAD_POST_GAP, "H5", (), merge_name,
+        return _Placement(SiteKind.HEAD_POST_GAP, "H5", reaches, merge_name,
                           "after global pooling: it masks whole channels (Prop. 5)")
 
-    reaches = tuple(g.display(i) for i in reached)
     if reached:
         if all(i in g.head_bns for i in reached) and not merges:
             via_weight = g.walk([s], lambda i: g.kinds[i] in (BN, WEIGHT) or is_merge(i))
@@ -304,10 +304,10 @@ def _place(g: _Graph, s: int) -> _Placement:
     return _Placement(SiteKind.OTHER, None, (), None, "reaches BatchNorm only after a residual merge")
 
 
-def _logits(g: _Graph, s: int, merge_name: str | None, after_pool: bool) -> _Placement:
+def _logits(g: _Graph, s: int, merge_name: str | None, reaches: tuple[str, ...], after_pool: bool) -> _Placement:
     back = _walk_back(g, s, stop=lambda i: g.kinds[i] == WEIGHT)
     position = "H7" if any(g.kinds[i] == SOFTMAX for i in back) else ("H6" if after_pool else None)
-    return _Placement(SiteKind.HEAD_LOGITS, position, (), merge_name,
+    return _Placement(SiteKind.HEAD_LOGITS, position, reaches, merge_name,
                       "no weight layer between it and the model's output: it drops predictions")
 
 

@@ -18,11 +18,10 @@ Expected verdicts, for all parameter values:
     DC003  not on head_drop: the Linear head lies between it and the output
     DC007  never: every dropout module is called
 
-By the rule definitions in design section 3 (which do not depend on BatchNorm), with
-p > 0 each block's MLP branch holds two dropouts (drop1, drop2) and its attention branch
-two (attention dropout_p, proj_drop): DC004 (warning); proj_drop and drop2 follow the last
-weight layer of their branch: DC005 (info). With `p=0.0, attn_p=0.0` these modules are
-inert. The sites are `other` (no BatchNorm downstream).
+In a model with no BatchNorm at all every site is `other`: the BatchNorm rules (DC001,
+DC004 repeated dropout in a branch, DC005 post-weight dropout) do not apply, since
+Guideline 1 is about BatchNorm's running statistics. The audit lists every site, says
+that the model has no BatchNorm, and reports no finding.
 
 Audit it:
 

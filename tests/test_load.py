@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from dropcheck.load import load_target, parse_input_shape, parse_model_args
+from dropcheck.config import parse_input_shape, parse_model_args
+from dropcheck.load import load_target
 from dropcheck.records import DropcheckError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -36,7 +37,7 @@ def test_model_args_are_python_literals_or_strings() -> None:
 def test_input_shape_parsing() -> None:
     assert parse_input_shape("1,3,224,224") == (1, 3, 224, 224)
     assert parse_input_shape("2x3x32x32") == (2, 3, 32, 32)
-    for bad in ("", "a,b", "1,0,3"):
+    for bad in ("", "a,b", "1,0,3", "1,x,3", "1,,3"):
         with pytest.raises(DropcheckError):
             parse_input_shape(bad)
 

@@ -1,0 +1,244 @@
+"""The `dropcheck` command line: parse flags, call the stages, render, pick the exit code.
+
+The only module that imports typer. No analysis happens here. The pipeline (and so torch)
+is imported inside `audit` only, so `--help`, `rules` and `explain` start fast.
+Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage/config/load/trace error.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from . import __version__, catalog, report
+from .config import parse_input_shape, parse_model_args
+from .records import DropcheckError, Report, Severity
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+FAIL_ON = {"error": Severity.ERROR.rank, "warning": Severity.WARNING.rank, "info": Severity.INFO.rank, "never": None}
+_NO_TARGET_HINT = "name a model, e.g. dropcheck audit path/model.py, torchvision:resnet18 or timm:resnet18"
+
+app = typer.Typer(
+    name="dropcheck",
+    help="Audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="dropcheck")
+    except BrokenPipeError:
+        # `dropcheck rules | head`: the reader left; exit quietly instead of a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_ERROR)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dropcheck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.)."""
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+@app.command()
+def audit(
+    targets: Annotated[list[str] | None, typer.Argument(
+        metavar="TARGET", show_default=False,
+        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
+        help="Constructor keyword (a Python literal) for every target; repeat for more.")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", metavar="N,C,H,W", show_default=False,
+        help="Example input shape, e.g. 1,3,224,224 (default: the model's own, else 1,3,224,224).")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", show_default=False,
+        help="Write the report to FILE (atomically) instead of stdout.")] = None,
+    fail_on: Annotated[str, typer.Option(
+        "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never.")] = "error",
+    select: Annotated[list[str] | None, typer.Option(
+        "--select", metavar="CODES", show_default=False,
+        help="Only these rules: comma-separated codes, prefixes or names (default: all).")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(
+        "--ignore", metavar="CODES", show_default=False, help="Skip these rules: codes, prefixes or names.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of failed targets.")] = False,
+) -> None:
+    """Audit each TARGET and report where its dropout disturbs BatchNorm."""
+    err = _stderr_console()
+    try:
+        threshold = _check_options(targets, fmt, fail_on, output)
+        enabled = catalog.resolve_selection(select, ignore)
+        kwargs = parse_model_args(model_arg or [])
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+    except DropcheckError as exc:
+        _fail(err, exc)
+    reports = _audit_all(targets or [], kwargs, shape, enabled, err)
+    if verbose:
+        _print_tracebacks(reports)
+    try:
+        _emit(reports, fmt, output)
+    except DropcheckError as exc:
+        _fail(err, exc)
+    raise typer.Exit(exit_code(reports, threshold))
+
+
+def exit_code(reports: list[Report], threshold: int | None) -> int:
+    """2 if a target failed; else 1 if a finding reaches `threshold` (a severity rank); else 0."""
+    if any(r.status == "error" for r in reports):
+        return EXIT_ERROR
+    if threshold is not None and any(f.severity.rank >= threshold for r in reports for f in r.findings):
+        return EXIT_FINDINGS
+    return EXIT_CLEAN
+
+
+def _check_options(targets: list[str] | None, fmt: str, fail_on: str, output: Path | None) -> int | None:
+    """Cheap checks first, so a typo costs no model import; returns the --fail-on rank."""
+    if not targets:
+        raise DropcheckError("usage", "no targets given", _NO_TARGET_HINT)
+    if fmt not in report.FORMATS:
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+    if fail_on.lower() not in FAIL_ON:
+        raise DropcheckError("usage", f"unknown --fail-on '{fail_on}'", f"choose one of {', '.join(FAIL_ON)}")
+    if output is not None:
+        _check_output(output)
+    return FAIL_ON[fail_on.lower()]
+
+
+def _check_output(path: Path) -> None:
+    # fail before a long audit, not after it
+    if path.is_dir():
+        raise DropcheckError("usage", f"--output {path} is a directory", "give a file name, e.g. -o report.json")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise DropcheckError("usage", f"--output {path}: directory {parent} does not exist", "create it first")
+
+
+def _audit_all(targets: list[str], kwargs: dict[str, Any], shape: tuple[int, ...] | None,
+               enabled: frozenset[str], err: Console) -> list[Report]:
+    from .pipeline import audit_target  # torch and the analysis load here, never for --help
+
+    reports: list[Report] = []
+    try:
+        with report.audit_progress(err, len(targets)) as progress, _stdout_to_stderr():
+            for index, spec in enumerate(targets, 1):
+                progress(spec, index)
+                reports.append(audit_target(spec, kwargs, shape, enabled))
+    except KeyboardInterrupt:
+        err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
+        raise typer.Exit(130) from None
+    return reports
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    # a model file that prints while importing must not corrupt `--format json > out.json`
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _print_tracebacks(reports: list[Report]) -> None:
+    for rep in reports:
+        if rep.status != "error" or rep.error is None:
+            continue
+        exc: BaseException = rep.error.__cause__ or rep.error
+        sys.stderr.write(f"traceback for {rep.target}:\n")
+        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    sys.stderr.flush()
+
+
+def _emit(reports: list[Report], fmt: str, output: Path | None) -> None:
+    if output is None:
+        report.render(reports, fmt, Console())
+        return
+    buffer = io.StringIO()
+    report.render(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100))
+    write_atomic(output, buffer.getvalue())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory and os.replace."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the directory's permissions") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal mode
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path and permissions") from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- rules and explain ---------------------------------------------------------------------------
+
+@app.command()
+def rules(
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+) -> None:
+    """List every rule: code, name, severity and summary."""
+    _run_catalog_command(lambda console: report.render_rules(catalog.load_rules(), fmt, console))
+
+
+@app.command()
+def explain(
+    rule: Annotated[str, typer.Argument(metavar="RULE", help="A rule code (DC001) or name.")],
+) -> None:
+    """Show a rule's page: what it flags, why it hurts, examples and the fix."""
+    _run_catalog_command(lambda console: report.render_explain(catalog.get_rule(rule), console))
+
+
+def _run_catalog_command(action: Callable[[Console], None]) -> None:
+    try:
+        action(Console())
+    except DropcheckError as exc:
+        _fail(_stderr_console(), exc)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def _stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+def _fail(err: Console, exc: DropcheckError) -> NoReturn:
+    """One line on stderr and exit 2: 'dropcheck: error: message (hint: ...)'."""
+    line = Text.assemble(("dropcheck: error: ", "bold red"), exc.one_line())
+    err.print(line, soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_ERROR)

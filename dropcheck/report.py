@@ -1,0 +1,296 @@
+"""Rendering: audit reports, the rule list and one rule's page, as text or JSON.
+
+Everything is drawn from the records and their `to_dict()`. Text has two faces, chosen by
+`console.is_terminal`: rich colour and tables on a terminal; plain lines when piped (CI
+logs, pre-commit), with findings in ruff's `file:line: CODE [severity] site: message` form
+so editors and problem matchers can jump to them. Plain output goes through `console.out`,
+which never wraps, so a finding or an error stays one line whatever the width.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.markdown import Markdown
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .records import DropcheckError, Finding, Report, Rule, Severity, Site
+
+FORMATS = ("text", "json")
+SCHEMA = 1
+_SEVERITY_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
+_SITE_COLUMNS = ("id", "op", "p", "site", "paper", "verdict", "why")
+_WHY_MIN_WIDTH = 100  # terminal columns below which the site table leaves out "why"
+
+
+def render(reports: Sequence[Report], fmt: str, console: Console) -> None:
+    """Write the audit of every target to `console` in format `fmt` (text or json)."""
+    if fmt == "json":
+        _out(console, json.dumps(to_json_document(reports), indent=2))
+    elif fmt == "text":
+        if console.is_terminal:
+            _render_rich(reports, console)
+        else:
+            _out(console, "\n".join(_plain_lines(reports)))
+    else:
+        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+
+
+def to_json_document(reports: Sequence[Report]) -> dict[str, Any]:
+    """The schema-1 document of design §4."""
+    return {"schema": SCHEMA, "dropcheck_version": __version__, "results": [r.to_dict() for r in reports]}
+
+
+def render_rules(rules: Sequence[Rule], fmt: str, console: Console) -> None:
+    """The catalogue as a table (text) or a list of `Rule.to_dict()` (json)."""
+    if fmt == "json":
+        _out(console, json.dumps([rule.to_dict() for rule in rules], indent=2))
+        return
+    if fmt != "text":
+        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+    if not console.is_terminal:
+        rows = [(r.code, r.name, r.severity.value, r.summary) for r in rules]
+        _out(console, "\n".join(_columns(("code", "name", "severity", "summary"), rows)))
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for header in ("code", "name", "severity", "summary"):
+        table.add_column(header, overflow="fold")
+    for rule in rules:
+        table.add_row(Text(rule.code, style="bold"), rule.name,
+                      Text(rule.severity.value, style=_SEVERITY_STYLE[rule.severity]), rule.summary)
+    console.print(table)
+
+
+def render_explain(rule: Rule, console: Console) -> None:
+    """One rule's page: rendered Markdown on a terminal, the Markdown source when piped."""
+    text = explain_markdown(rule)
+    if console.is_terminal:
+        console.print(Markdown(text))
+    else:
+        _out(console, text.rstrip("\n"))
+
+
+def explain_markdown(rule: Rule) -> str:
+    """The rule file as one Markdown page: a title and its metadata, then the body."""
+    meta = f"**Severity:** {rule.severity.value} · **Sites:** {', '.join(rule.sites)} · **Paper:** {rule.paper}"
+    return f"# {rule.code} {rule.name}\n\n{meta}\n\n{rule.summary}\n\n{rule.body}"
+
+
+@contextmanager
+def audit_progress(console: Console, total: int) -> Iterator[Callable[[str, int], None]]:
+    """A spinner naming the target being audited; silent unless `console` is a terminal."""
+    if not console.is_terminal:
+        yield lambda spec, index: None
+        return
+    with console.status("auditing", spinner="dots") as status:
+        yield lambda spec, index: status.update(Text(f"auditing {spec} ({index}/{total})"))
+
+
+def summary_line(reports: Sequence[Report]) -> str:
+    """'3 targets audited: 4 errors, 1 warning, 0 info; 1 target failed'."""
+    counts = _severity_counts(reports)
+    failed = sum(r.status == "error" for r in reports)
+    line = (f"{_plural(len(reports), 'target')} audited: {_plural(counts[Severity.ERROR], 'error')}, "
+            f"{_plural(counts[Severity.WARNING], 'warning')}, {counts[Severity.INFO]} info")
+    return f"{line}; {_plural(failed, 'target')} failed" if failed else line
+
+
+def error_line(report: Report) -> str:
+    """A failed target as one line: 'target: error (kind): message (hint: ...)'."""
+    error = report.error
+    if error is None:
+        return f"{report.target}: error (unknown): no error recorded"
+    return f"{report.target}: error ({error.kind}): {error.one_line()}"
+
+
+# --- shared pieces -------------------------------------------------------------------------------
+
+def _site_findings(site: Site, findings: Sequence[Finding]) -> list[Finding]:
+    """The findings on `site`, in the order the rules produced them."""
+    return [f for f in findings if f.dropout == site.id]
+
+
+def _verdict_word(site: Site, on_site: Sequence[Finding]) -> str:
+    if on_site:
+        return ",".join(f.rule for f in on_site)
+    return "ok" if site.active else "inactive"
+
+
+def _header_parts(report: Report) -> list[str]:
+    parts = [report.model or "?"]
+    if report.input_shape:
+        parts.append("input " + "x".join(str(d) for d in report.input_shape))
+    if report.capture:
+        parts.append(f"{report.capture.method} on {report.capture.device}, {report.capture.nodes} nodes")
+    parts.append(f"{report.seconds:.2f} s")
+    return parts
+
+
+def _notes(report: Report) -> list[str]:
+    """Model notes, opaque regions that no note names yet, and stochastic depth in one line."""
+    notes = list(report.notes)
+    for region in report.opaque_regions:
+        if not any(region.module in note for note in notes):
+            notes.append(f"opaque region {region.module} ({region.type}) could not be traced ({region.reason}); "
+                         f"it holds {len(region.batchnorms)} BatchNorm and {len(region.dropouts)} dropout module(s)")
+    if report.stochastic_depth:
+        ops = ", ".join(dict.fromkeys(s.op for s in report.stochastic_depth))
+        count = _plural(len(report.stochastic_depth), "stochastic-depth site")
+        notes.append(f"{count} ({ops}): reported, not dropout in the paper's sense")
+    return notes
+
+
+def _location(finding: Finding, report: Report) -> str:
+    return str(finding.source) if finding.source else report.target
+
+
+def _severity_counts(reports: Sequence[Report]) -> dict[Severity, int]:
+    counts = dict.fromkeys(Severity, 0)
+    for report in reports:
+        for finding in report.findings:
+            counts[finding.severity] += 1
+    return counts
+
+
+def _worst_style(reports: Sequence[Report]) -> str:
+    counts = _severity_counts(reports)
+    if counts[Severity.ERROR] or any(r.status == "error" for r in reports):
+        return "bold red"
+    return "bold yellow" if counts[Severity.WARNING] else "bold green"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _format_p(p: float) -> str:
+    return f"{p:g}"
+
+
+def _out(console: Console, text: str) -> None:
+    # console.out neither wraps nor reads markup: JSON and plain lines go out byte for byte
+    console.out(text, highlight=False)
+
+
+# --- plain text (piped) --------------------------------------------------------------------------
+
+def _plain_lines(reports: Sequence[Report]) -> list[str]:
+    lines: list[str] = []
+    for index, report in enumerate(reports):
+        if index:
+            lines.append("")
+        lines.extend(_plain_report(report))
+    # one failed target already said everything in its one line
+    if not (len(reports) == 1 and reports[0].status == "error"):
+        lines.extend(["", summary_line(reports)] if lines else [summary_line(reports)])
+    return lines
+
+
+def _plain_report(report: Report) -> list[str]:
+    if report.status == "error":
+        return [error_line(report)]
+    lines = [f"{report.target}: " + ", ".join(_header_parts(report))]
+    if report.dropouts:
+        rows = [_site_row(site, _site_findings(site, report.findings)) for site in report.dropouts]
+        lines.extend("  " + row for row in _columns(_SITE_COLUMNS, rows))
+    else:
+        lines.append("  no dropout sites")
+    for finding in report.findings:
+        lines.append(f"{_location(finding, report)}: {finding.rule} [{finding.severity.value}] "
+                     f"{finding.dropout}: {finding.message}")
+        if finding.fix:
+            lines.append(f"    fix: {finding.fix}")
+    lines.extend(f"note: {note}" for note in _notes(report))
+    return lines
+
+
+def _site_row(site: Site, on_site: Sequence[Finding]) -> tuple[str, ...]:
+    return (site.id, site.op, _format_p(site.p), site.site.value, site.paper_position or "-",
+            _verdict_word(site, on_site), site.why)
+
+
+def _columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers) - 1)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [str(cell).ljust(width) for cell, width in zip(cells, widths)]
+        return "  ".join([*padded, str(cells[-1])]).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+# --- rich (terminal) -----------------------------------------------------------------------------
+
+def _render_rich(reports: Sequence[Report], console: Console) -> None:
+    for index, report in enumerate(reports):
+        if index:
+            console.print()
+        console.print(_rich_report(report, console.width))
+    console.print()
+    console.print(Text(summary_line(reports), style=_worst_style(reports)))
+
+
+def _rich_report(report: Report, width: int) -> RenderableType:
+    if report.status == "error":
+        error = report.error
+        parts: list[RenderableType] = [Text(f"{report.target}: error ({error.kind if error else 'unknown'}): "
+                                            f"{error.message if error else 'no error recorded'}", style="bold red")]
+        if error and error.hint:
+            parts.append(Text.assemble(("hint: ", "bold"), error.hint))
+        return Group(*parts)
+    header = Text.assemble((report.target, "bold"), "  ", (report.model or "?", "cyan"), "  ",
+                           (" · ".join(_header_parts(report)[1:]), "dim"))
+    parts = [header, _rich_sites(report, width) if report.dropouts else Text("no dropout sites", style="dim")]
+    if report.findings:
+        parts.append(Text())
+        parts.extend(_rich_finding(finding, report) for finding in report.findings)
+    notes = _notes(report)
+    if notes:
+        parts.append(Text())
+        parts.extend(Text.assemble(("note: ", "bold cyan"), note) for note in notes)
+    return Group(*parts)
+
+
+def _rich_sites(report: Report, console_width: int) -> Table:
+    # "why" squeezed into a narrow terminal wraps into unreadable slivers; there the findings
+    # below still say why each flagged site is flagged, and plain/JSON output always has it
+    columns = _SITE_COLUMNS if console_width >= _WHY_MIN_WIDTH else _SITE_COLUMNS[:-1]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for header in columns:
+        table.add_column(header, justify="right" if header == "p" else "left", overflow="fold")
+    for site in report.dropouts:
+        on_site = _site_findings(site, report.findings)
+        cells: list[RenderableType] = [site.id, site.op, _format_p(site.p), site.site.value,
+                                       site.paper_position or "", _rich_verdict(site, on_site)]
+        table.add_row(*cells, *([Text(site.why, style="dim")] if len(columns) > len(cells) else []))
+    return table
+
+
+def _rich_verdict(site: Site, on_site: Sequence[Finding]) -> Text:
+    if not on_site:
+        return Text("ok", style="green") if site.active else Text("inactive", style="dim")
+    verdict = Text()
+    for i, finding in enumerate(on_site):
+        if i:
+            verdict.append(" ")
+        verdict.append(finding.rule, style=_SEVERITY_STYLE[finding.severity])
+    return verdict
+
+
+def _rich_finding(finding: Finding, report: Report) -> RenderableType:
+    style = _SEVERITY_STYLE[finding.severity]
+    head = Text.assemble((finding.rule, f"bold {style}"), " ", (finding.severity.value.ljust(7), style), "  ",
+                         (finding.dropout, "bold"), "  ", (_location(finding, report), "dim"))
+    lines: list[RenderableType] = [head, Padding(Text(finding.message), (0, 0, 0, 2))]
+    if finding.fix:
+        lines.append(Padding(Text.assemble(("fix: ", "green"), finding.fix), (0, 0, 0, 2)))
+    return Group(*lines)
