@@ -249,8 +249,11 @@ class _ShapeRecorder(fx.Interpreter):
             sub = _ShapeRecorder(self.inlined[key], self.shapes, key + ".", self.inlined)
             return sub.run(*args, **kwargs) if not kwargs else sub.run(*args, *kwargs.values())
         m = self.fetch_attr(target)
-        if ops.is_dropout_module(m) or ops.is_stochastic_depth_module(m):
-            return args[0]  # shape-preserving; meta kernels for these are slow Python decompositions
+        if ops.is_dropout_module(m) or ops.is_stochastic_depth_module(m) or (
+                ops.is_activation_module(m) and not isinstance(m, nn.GLU)):
+            # shape-preserving; their meta kernels are Python decompositions whose first call imports
+            # torch._dynamo (1.5 s)
+            return args[0]
         if ops.is_batchnorm_module(m) and next(iter(m.children()), None) is None:
             _check_channels(m, args[0])
             return args[0]
@@ -258,9 +261,28 @@ class _ShapeRecorder(fx.Interpreter):
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
         if target in ops.BATCHNORM_FUNCTIONS or ops.is_dropout_function(target) or \
-                ops.is_stochastic_depth_function(target):
+                ops.is_stochastic_depth_function(target) or target in ops.ACTIVATION_FUNCTIONS:
             return args[0]
+        if target in ops.ADD_FUNCTIONS and _all_meta(args):
+            return _broadcast(args)  # the meta add is a Python ref that imports torch._dynamo (1.5 s)
         return super().call_function(target, args, kwargs)
+
+    def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target in ops.ACTIVATION_METHODS or (target.endswith("_") and not target.startswith("_")):
+            # in-place ops keep the shape, and must not touch real buffers (num_batches_tracked.add_)
+            return args[0]
+        return super().call_method(target, args, kwargs)
+
+
+def _all_meta(args: Any) -> bool:
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return bool(tensors) and all(t.device.type == "meta" for t in tensors)
+
+
+def _broadcast(args: Any) -> torch.Tensor:
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    return torch.empty(shape, dtype=tensors[0].dtype, device="meta")
 
 
 def _check_channels(bn: nn.Module, x: Any) -> None:
@@ -283,22 +305,45 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+_REAL_RUN_MAX_PARAMS = 30_000_000
+
+
+def _shape_mode(target: Target) -> tuple[str, torch.Tensor]:
+    """How shapes are found: "meta" tensors, a "real" forward, or "fake" tensors.
+
+    Meta tensors cost no memory, but many meta kernels are Python refs whose first call imports
+    torch._dynamo (about 1.5 s). A small model that we built ourselves on the meta device is
+    cheaper to materialise, uninitialised, and run for real, unless that import was paid already.
+    """
+    root, example = target.model, target.example_input
+    params = sum(p.numel() for p in root.parameters())
+    if example.device.type == "meta":
+        if target.origin != "api" and params <= _REAL_RUN_MAX_PARAMS and "torch._dynamo" not in sys.modules:
+            root.to_empty(device="cpu")
+            return "real", torch.randn(*example.shape)
+        return "meta", example
+    return ("real" if params <= _REAL_RUN_MAX_PARAMS else "fake"), example
+
+
 def _propagate_shapes(gm: fx.GraphModule, example: torch.Tensor, device: str,
                       inlined: dict[str, fx.GraphModule]) -> dict[str, Any]:
     """Shapes per flow-node name. Modules run in eval mode, so buffers stay untouched."""
     flags = {m: m.training for m in gm.modules()}
     gm.eval()
     try:
-        try:
-            return _run_recorder(gm, example, device, inlined)
-        except _ShapeFailure as fail:
-            if example.shape[0] != 1:
-                raise _shape_error(gm, fail, tuple(example.shape)) from fail.exc
-            # batch 1 trips train-mode batch_norm on 1x1 maps (Inception's aux head); shapes need no batch
+        attempts = [(device, example)]
+        if device == "real":  # uninitialised buffers (index tables) can break a real run: fake tensors next
+            attempts.append(("fake", example))
+        if example.shape[0] == 1:  # batch 1 trips train-mode batch_norm on 1x1 maps (Inception's aux head)
+            attempts += [(mode, x.expand(2, *x.shape[1:])) for mode, x in list(attempts)]
+        first: _ShapeFailure | None = None
+        for mode, x in attempts:
             try:
-                return _run_recorder(gm, example.expand(2, *example.shape[1:]), device, inlined)
-            except _ShapeFailure:
-                raise _shape_error(gm, fail, tuple(example.shape)) from fail.exc
+                return _run_recorder(gm, x, mode, inlined)
+            except _ShapeFailure as fail:
+                first = first or fail
+        assert first is not None
+        raise _shape_error(gm, first, tuple(example.shape)) from first.exc
     finally:
         for m, flag in flags.items():
             m.training = flag
@@ -308,10 +353,10 @@ def _run_recorder(gm: fx.GraphModule, example: torch.Tensor, device: str,
                   inlined: dict[str, fx.GraphModule]) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     recorder = _ShapeRecorder(gm, shapes, "", inlined)
-    if device == "meta":
+    if device in ("meta", "real"):
         with torch.no_grad():
             recorder.run(example)
-    else:  # real weights: fake tensors give shapes without computing anything
+    else:  # large real weights: fake tensors give shapes without computing anything
         from torch._subclasses.fake_tensor import FakeTensorMode
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             recorder.run(mode.from_tensor(example))
@@ -335,15 +380,16 @@ def capture_graph(target: Target) -> Capture:
     if not isinstance(root, nn.Module):
         raise DropcheckError("load", f"{target.spec} is a {type(root).__name__}, not an nn.Module",
                              "audit() takes an nn.Module")
+    mode, example = _shape_mode(target)  # before tracing: a GraphModule keeps references to parameters
     train_gm, tracer, evaluated, method, extra = _trace_both_modes(root)
     _, fns = _zoo_tracer_config() if method == "zoo-aware" else ((), [])
-    device = target.example_input.device.type
 
     inlined: dict[str, fx.GraphModule] = {}
     sub_tracers: dict[str, DropcheckTracer] = {}
     opaque: list[OpaqueRegion] = []
     _inline_leaves(train_gm, "", extra, fns, inlined, sub_tracers, opaque, depth=0)
-    shapes = _propagate_shapes(train_gm, target.example_input, device, inlined)
+    shapes = _propagate_shapes(train_gm, example, mode, inlined)
+    device = "meta" if mode == "meta" else "cpu"
     nodes, outputs = _flow_graph(train_gm, tracer, inlined, sub_tracers, shapes)
     live = _eval_live_dropouts(evaluated, root, inlined, extra, fns) if evaluated else []
     capture = Capture(root=root, graph_module=train_gm, eval_graph_module=evaluated[0] if evaluated else None,

@@ -222,7 +222,46 @@ def test_sources_are_the_call_line_for_functional_and_the_declaration_in_sequent
     by_id = {s.id: s for s in report.dropouts}
     assert by_id["features.1"].source is not None and by_id["features.1"].source.line == 7
     assert by_id["/dropout"].source is not None and by_id["/dropout"].source.line == 16
+
+
+def test_a_large_model_is_captured_on_meta_without_materialising_weights(tmp_path: Path) -> None:
+    spec = _write(tmp_path, """\
+        import torch.nn as nn
+
+        class Wide(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1, self.drop, self.bn = nn.Linear(8192, 8192), nn.Dropout(0.1), nn.BatchNorm1d(8192)
+                self.fc2 = nn.Linear(8192, 4)
+
+            def forward(self, x):
+                return self.fc2(self.bn(self.drop(self.fc1(x))))
+        """)
+    target = load_target(spec, input_shape=(2, 8192))
+    report = audit_loaded(target)
     assert report.capture is not None and report.capture.device == "meta"
+    assert all(p.device.type == "meta" for p in target.model.parameters())
+    assert ("DC001", "drop") in _rules(report)
+
+
+def test_uninitialised_index_buffers_do_not_break_shape_propagation(tmp_path: Path) -> None:
+    # like Swin's relative_position_index: garbage after materialising, so shapes fall back to fake tensors
+    spec = _write(tmp_path, """\
+        import torch, torch.nn as nn
+
+        class Indexed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = nn.Parameter(torch.zeros(16, 8))
+                self.register_buffer("index", torch.arange(4))
+                self.fc, self.drop, self.bn = nn.Linear(8, 8), nn.Dropout(0.1), nn.BatchNorm1d(8)
+
+            def forward(self, x):
+                bias = self.table[self.index].sum(0)
+                return self.bn(self.drop(self.fc(x) + bias))
+        """)
+    report = audit_loaded(load_target(spec, input_shape=(2, 8)))
+    assert report.status == "ok" and ("DC001", "drop") in _rules(report)
 
 
 def test_a_model_that_cannot_build_on_meta_is_built_on_cpu(tmp_path: Path) -> None:
