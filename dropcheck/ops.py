@@ -111,11 +111,29 @@ def is_dropout_module(m: nn.Module) -> bool:
 
 
 def is_batchnorm_module(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, zoo_types()["batchnorm"])
+    """A normalisation that keeps running statistics: it uses training statistics at test time.
+
+    BatchNorm with track_running_stats=False normalises with batch statistics in both phases
+    (no shift); InstanceNorm with track_running_stats=True has the same shift as BatchNorm.
+    """
+    if isinstance(m, zoo_types()["batchnorm"]):
+        return True
+    return isinstance(m, nn.modules.batchnorm._NormBase) and bool(m.track_running_stats)
+
+
+def is_batchnorm_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """F.batch_norm with running statistics (running_mean None means batch statistics always)."""
+    if fn not in BATCHNORM_FUNCTIONS:
+        return False
+    running_mean = kwargs.get("running_mean", args[1] if len(args) > 1 else None)
+    return running_mean is not None
 
 
 def is_weight_module(m: nn.Module) -> bool:
-    return isinstance(m, WEIGHT_MODULES)
+    """Convolutions and linear layers, and any other layer holding a weight matrix (LSTM, GRU, ...)."""
+    if isinstance(m, WEIGHT_MODULES):
+        return True
+    return any(p.dim() >= 2 for p in m.parameters())
 
 
 def is_activation_module(m: nn.Module) -> bool:

@@ -37,17 +37,25 @@ def audit_loaded(target: Target, enabled: frozenset[str] | None = None) -> Repor
 
     started = time.perf_counter()
     capture = capture_graph(target)
-    sites, stochastic, notes = find_sites(capture)
+    analysis = find_sites(capture)
     rules = {r.code: r for r in load_rules()}
-    findings = run_rules(sites, rules, enabled)
-    has_bn = not any(n.startswith("no BatchNorm") for n in notes)
-    info = CaptureInfo(method=capture.method, nodes=len(capture.nodes), device=capture.device, has_batchnorm=has_bn)
+    findings = run_rules(analysis.sites, rules, enabled)
+    info = CaptureInfo(method=capture.method, nodes=len(capture.nodes), device=capture.device,
+                       has_batchnorm=analysis.has_batchnorm)
     return Report(target=target.spec, model=type(target.model).__name__, input_shape=target.input_shape,
-                  capture=info, dropouts=sites, stochastic_depth=stochastic, opaque_regions=list(capture.opaque),
-                  findings=findings, notes=notes, seconds=time.perf_counter() - started)
+                  capture=info, dropouts=analysis.sites, stochastic_depth=analysis.stochastic_depth,
+                  opaque_regions=list(capture.opaque), findings=findings, notes=analysis.notes,
+                  seconds=time.perf_counter() - started)
 
 
 def audit(model: Any, example_input: Any, enabled: frozenset[str] | None = None) -> Report:
-    """Python API: audit a built model with an example input. The model is left as it was."""
+    """Python API: audit a built model with an example input (a tensor, or a tuple of the forward's
+    tensor inputs). The model is left as it was."""
+    import torch
+
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+        raise DropcheckError("input", f"example_input must be a tensor or a tuple of tensors, not "
+                             f"{type(example_input).__name__}", "pass torch.randn(*shape) for each forward input")
     target = Target(spec=type(model).__name__, model=model, example_input=example_input, origin="api")
     return audit_loaded(target, enabled)

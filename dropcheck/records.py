@@ -82,8 +82,15 @@ class Target:
     declared_at: dict[str, SourceLocation] = field(default_factory=dict)  # module qualname -> line
 
     @property
+    def inputs(self) -> tuple[Any, ...]:
+        """The forward's positional inputs: one tensor, or a tuple of them."""
+        x = self.example_input
+        return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+    @property
     def input_shape(self) -> list[int]:
-        return list(self.example_input.shape)
+        first = self.inputs[0] if self.inputs else None
+        return list(first.shape) if hasattr(first, "shape") else []
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,16 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Analysis:
+    """What sites finds in a capture (sites -> check, report, fix, measure)."""
+
+    sites: list[Site]
+    stochastic_depth: list[StochasticDepthSite]
+    has_batchnorm: bool
+    notes: list[str]
+
+
+@dataclass(frozen=True)
 class CaptureInfo:
     """How the model was captured, for the report."""
 
@@ -301,7 +318,7 @@ class Capture:
     eval_graph_module: Any | None  # eval-mode fx.GraphModule (None if that trace failed)
     nodes: dict[str, FlowNode]  # topological order
     outputs: list[str]  # nodes that feed the model's output
-    eval_live_dropouts: list[tuple[str, str, SourceLocation | None, float]]  # (owner, op, source, p) live in eval
+    eval_live_dropouts: list[tuple[str, str, int, float]]  # (owner, op, occurrence in owner, p) live in eval
     method: str
     device: str
     opaque: list[OpaqueRegion] = field(default_factory=list)

@@ -6,7 +6,6 @@ model input) and does not depend on that dropout. Concatenation is not a merge.
 """
 from __future__ import annotations
 
-import operator
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -14,7 +13,7 @@ from typing import Callable, Iterable
 from torch import nn
 
 from . import ops
-from .records import Capture, FlowNode, OpaqueRegion, Site, SiteKind, StochasticDepthSite
+from .records import Analysis, Capture, FlowNode, OpaqueRegion, Site, SiteKind, StochasticDepthSite
 
 # node kinds
 BN, WEIGHT, ADD, CONCAT, POOL, ACT, SOFTMAX, DROPOUT, STOCHASTIC = (
@@ -41,9 +40,9 @@ class _Graph:
         self.inputs = [[self.index[i] for i in n.inputs] for n in self.nodes]
         self.users = [[self.index[u] for u in n.users] for n in self.nodes]
         self.opaque_by_module = {o.module: o for o in capture.opaque}
+        self.data = self._data_dependent()
         self.kinds = [self._kind(n) for n in self.nodes]
         self.outputs = {self.index[o] for o in capture.outputs if o in self.index}
-        self.data = self._data_dependent()
         self.final_pools = self._final_pools()
         self.post_pool = self.walk(self.final_pools, lambda i: False)
         self.head_bns = {i for i, k in enumerate(self.kinds) if k == BN and self._feeds_final_pool(i)}
@@ -84,7 +83,7 @@ class _Graph:
             if ops.is_stochastic_depth_function(t):
                 return STOCHASTIC
             if t in ops.BATCHNORM_FUNCTIONS:
-                return BN
+                return BN if ops.is_batchnorm_call(t, n.args, n.kwargs) else OTHER
             if t in ops.WEIGHT_FUNCTIONS:
                 return WEIGHT
             if t in ops.MATMUL_FUNCTIONS:
@@ -118,10 +117,11 @@ class _Graph:
         return ops.function_p_and_training(n.target, n.args, n.kwargs)[0]
 
     def _has_param_operand(self, n: FlowNode) -> bool:
-        return any(self.capture.nodes[i].op == "get_attr" for i in n.inputs)
+        """An operand computed from parameters alone (W, W.t(), ...), not from the data."""
+        return any(not self.data[self.index[i]] for i in n.inputs)
 
     def _data_dependent(self) -> list[bool]:
-        starts = [i for i, k in enumerate(self.kinds) if k == INPUT]
+        starts = [i for i, n in enumerate(self.nodes) if n.op == "placeholder"]
         seen = self.walk(starts, lambda i: False)
         return [i in seen for i in range(len(self.names))]
 
@@ -131,7 +131,8 @@ class _Graph:
         shape = self.nodes[i].shape
         if shape is None:
             return False
-        return len(shape) >= 3 and _prod(shape[2:]) > 1 or len(shape) == 3 and shape[1] > 1
+        # (N, C, spatial...) with room left to pool; for 3-D (tokens N, L, D or N, C, L) both must exceed 1
+        return len(shape) >= 3 and _prod(shape[2:]) > 1 and (len(shape) > 3 or shape[1] > 1)
 
     def _final_pools(self) -> list[int]:
         """Global pools after which the data never becomes spatial again (not SE or norm statistics)."""
@@ -183,12 +184,33 @@ class _Graph:
         seen = self.walk([s], stop)
         return any(o in seen and (o == s or not stop(o)) for o in self.outputs)
 
-    def is_merge_for(self, i: int, influenced: set[int]) -> bool:
-        """An add with an operand that carries data and does not depend on the dropout."""
-        if self.kinds[i] != ADD or i not in influenced:
+    def depends(self, j: int, s: int, avoid: int | None = None) -> bool:
+        """Does node j depend on node s (j == s counts)? Searches back from j, never above s.
+
+        Nodes are in topological order, so only nodes after s can depend on it: the search stays
+        local to the region between s and j, which keeps the analysis linear on long networks.
+        `avoid` is a node the path may not pass through.
+        """
+        if j == s:
+            return True
+        seen = {j}
+        stack = [j]
+        while stack:
+            k = stack.pop()
+            for p in self.inputs[k]:
+                if p == s:
+                    return True
+                if p > s and p != avoid and p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return False
+
+    def is_merge_for(self, i: int, s: int) -> bool:
+        """An add downstream of s with an operand that carries data and does not depend on s."""
+        if self.kinds[i] != ADD or i <= s:
             return False
         operands = [j for j in self.inputs[i] if self.data[j]]
-        return len(operands) >= 2 and any(j not in influenced for j in operands)
+        return len(operands) >= 2 and any(not self.depends(j, s) for j in operands)
 
     def main_input(self, i: int) -> int | None:
         """The operand that carries the main signal: same shape as the output, else the largest."""
@@ -201,12 +223,12 @@ class _Graph:
             return same[0]
         return max(operands, key=lambda j: _prod(self.nodes[j].shape or (0,)))
 
-    def upstream_layer(self, i: int, fork: set[int]) -> _Upstream:
-        """The nearest BN or weight layer upstream of node i, not crossing into `fork`."""
+    def upstream_layer(self, i: int, in_fork: Callable[[int], bool] = lambda j: False) -> _Upstream:
+        """The nearest BN or weight layer upstream of node i along its main input, not crossing the fork."""
         act = False
         j = self.main_input(i)
         for _ in range(_MAX_BACK_STEPS):
-            if j is None or j in fork:
+            if j is None or in_fork(j):
                 return _Upstream("", act)
             k = self.kinds[j]
             if k in (BN, WEIGHT):
@@ -216,17 +238,6 @@ class _Graph:
             act = act or k == ACT
             j = self.main_input(j)
         return _Upstream("", act)
-
-    def ancestors(self, i: int) -> set[int]:
-        seen: set[int] = set()
-        queue = deque([i])
-        while queue:
-            j = queue.popleft()
-            if j in seen:
-                continue
-            seen.add(j)
-            queue.extend(self.inputs[j])
-        return seen
 
     def display(self, i: int) -> str:
         """The name users know: a module's qualname, else owner/node."""
@@ -258,9 +269,8 @@ class _Placement:
 
 
 def _place(g: _Graph, s: int) -> _Placement:
-    influenced = g.walk([s], lambda i: False)
-    is_merge = lambda i: g.is_merge_for(i, influenced)  # noqa: E731
-    before_bn = g.walk([s], lambda i: g.kinds[i] in (BN, OPAQUE) and _opaque_bn(g, i) or is_merge(i))
+    is_merge = lambda i: g.is_merge_for(i, s)  # noqa: E731
+    before_bn = g.walk([s], lambda i: _is_bn_like(g, i) or is_merge(i))
     reached = sorted(i for i in before_bn if i != s and _is_bn_like(g, i))
     to_merge = g.walk([s], is_merge)
     merges = sorted(i for i in to_merge if i != s and is_merge(i))
@@ -274,7 +284,6 @@ def _place(g: _Graph, s: int) -> _Placement:
     if s in g.post_pool:
         return _Placement(SiteKind.HEAD_POST_GAP, "H5", reaches, merge_name,
                           "after global pooling: it masks whole channels (Prop. 5)")
-
     if reached:
         if all(i in g.head_bns for i in reached) and not merges:
             via_weight = g.walk([s], lambda i: g.kinds[i] in (BN, WEIGHT) or is_merge(i))
@@ -282,26 +291,26 @@ def _place(g: _Graph, s: int) -> _Placement:
             return _Placement(SiteKind.HEAD_PRE_BN, position, reaches, None,
                               f"reaches the head's BatchNorm {reaches[0]} (variance shift)")
         if merge is not None:
-            position = _branch_position(g, s, merge, influenced, pre_bn=True)
-            return _Placement(SiteKind.BRANCH_PRE_BN, position, reaches, merge_name,
+            branch = _Branch(g, s, merge)
+            kind = SiteKind.OTHER if branch.on_skip else SiteKind.BRANCH_PRE_BN
+            return _Placement(kind, branch.position(pre_bn=True), reaches, merge_name,
                               f"reaches BatchNorm {reaches[0]} before the residual merge")
-        position = "P0" if _feeds_residual_block(g, influenced) else None
+        position = "P0" if _enters_residual_block(g, s, reached[0]) else None
         return _Placement(SiteKind.TRUNK_PRE_BN, position, reaches, None,
                           f"reaches BatchNorm {reaches[0]} with no residual merge in between")
 
     clean = g.walk([s], lambda i: g.kinds[i] in (WEIGHT, BN, CONCAT) or is_merge(i))
     if any(p in clean for p in g.final_pools):
-        up = g.upstream_layer(s, set())
+        up = g.upstream_layer(s)
         position = "H3" if up.layer == BN and not up.act_between else "H4"
         return _Placement(SiteKind.HEAD_PRE_GAP, position, (), None,
                           "before global pooling, after the head's last BatchNorm (Guideline 2)")
     if not g.has_bn:
         return _Placement(SiteKind.OTHER, None, (), merge_name, "the model has no BatchNorm")
     if merge is not None:
-        return _branch_placement(g, s, merge, merge_name, influenced, is_merge)
-    if not any(g.kinds[i] == BN for i in influenced):
-        return _Placement(SiteKind.OTHER, None, (), None, "no BatchNorm downstream")
-    return _Placement(SiteKind.OTHER, None, (), None, "reaches BatchNorm only after a residual merge")
+        return _branch_placement(g, s, merge, merge_name)
+    # no merge stopped the walk, so before_bn holds everything downstream of s
+    return _Placement(SiteKind.OTHER, None, (), None, "no BatchNorm downstream")
 
 
 def _logits(g: _Graph, s: int, merge_name: str | None, reaches: tuple[str, ...], after_pool: bool) -> _Placement:
@@ -324,64 +333,86 @@ def _walk_back(g: _Graph, s: int, stop: Callable[[int], bool]) -> set[int]:
     return seen
 
 
-def _branch_placement(g: _Graph, s: int, merge: int, merge_name: str | None, influenced: set[int],
-                      is_merge: Callable[[int], bool]) -> _Placement:
-    to_merge = g.walk([s], lambda i: g.kinds[i] == WEIGHT or is_merge(i))
-    weight_after = any(g.kinds[i] == WEIGHT for i in to_merge if i != s)
-    fork = _fork(g, merge, influenced)
-    up = g.upstream_layer(s, fork)
-    position = _branch_position(g, s, merge, influenced, pre_bn=False)
-    if not weight_after and up.layer == WEIGHT:
+class _Branch:
+    """The residual branch that holds dropout s and ends at `merge`.
+
+    The skip is the merge's operand that does not depend on s; the fork is where the branch
+    leaves the skip's ancestry. Answered with local searches only.
+    """
+
+    def __init__(self, g: _Graph, s: int, merge: int) -> None:
+        self.g, self.s, self.merge = g, s, merge
+        operands = [j for j in g.inputs[merge] if g.data[j]]
+        self.skip = next((j for j in operands if not g.depends(j, s)), None)
+        self.side = next((j for j in operands if g.depends(j, s)), None)
+        self.chain = self._chain()  # merge side back to the fork along main inputs
+        self.on_skip = not any(g.kinds[i] == WEIGHT for i in self.chain)
+
+    def in_fork(self, j: int) -> bool:
+        return self.skip is not None and self.g.depends(self.skip, j)
+
+    def _chain(self) -> list[int]:
+        chain, j = [], self.side
+        for _ in range(_MAX_BACK_STEPS * 4):
+            if j is None or self.in_fork(j):
+                break
+            chain.append(j)
+            j = self.g.main_input(j)
+        return chain
+
+    def weight_after_s(self) -> bool:
+        """A weight layer on the main chain between s and the merge (SE gates are side paths)."""
+        if self.s in self.chain:
+            return any(self.g.kinds[i] == WEIGHT for i in self.chain[:self.chain.index(self.s)])
+        after = self.g.walk([self.s], lambda i: self.g.kinds[i] == WEIGHT or i == self.merge)
+        return any(self.g.kinds[i] == WEIGHT for i in after if i != self.s)
+
+    def preactivation(self) -> bool:
+        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2)."""
+        layers = [i for i in self.chain if self.g.kinds[i] in (BN, WEIGHT)]
+        return bool(layers) and self.g.kinds[layers[-1]] == BN
+
+    def position(self, pre_bn: bool) -> str | None:
+        """P1..P7 where the branch is a pre-activation one."""
+        if self.on_skip or not self.preactivation():
+            return None
+        up = self.g.upstream_layer(self.s, self.in_fork)
+        if pre_bn:
+            if up.layer == "":
+                return "P1"
+            if up.layer == BN:
+                return "P3" if up.act_between else "P2"
+            return "P4"
+        if up.layer == BN:
+            return "P6" if up.act_between else "P5"
+        if up.layer == WEIGHT and not self.weight_after_s():
+            return "P7"
+        return None
+
+
+def _branch_placement(g: _Graph, s: int, merge: int, merge_name: str | None) -> _Placement:
+    branch = _Branch(g, s, merge)
+    if branch.on_skip:
+        return _Placement(SiteKind.OTHER, None, (), merge_name,
+                          "on the skip connection: Guideline 1 puts dropout inside the residual branch")
+    up = g.upstream_layer(s, branch.in_fork)
+    position = branch.position(pre_bn=False)
+    if not branch.weight_after_s() and up.layer == WEIGHT:
         return _Placement(SiteKind.BRANCH_POST_WEIGHT, position, (), merge_name,
                           "after the branch's last weight layer (PostDropout, Prop. 2)")
     return _Placement(SiteKind.BRANCH_GUIDELINE, position, (), merge_name,
                       "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)")
 
 
-def _fork(g: _Graph, merge: int, influenced: set[int]) -> set[int]:
-    """Everything upstream of the merge's skip operand: the branch starts where it leaves this set."""
-    skip = [j for j in g.inputs[merge] if g.data[j] and j not in influenced]
-    return g.ancestors(skip[0]) if skip else set()
-
-
-def _branch_position(g: _Graph, s: int, merge: int, influenced: set[int], pre_bn: bool) -> str | None:
-    """P1..P7 where the branch is a pre-activation one (BN first), as in the paper's Figure 2."""
-    fork = _fork(g, merge, influenced)
-    if not _preactivation_branch(g, merge, influenced, fork):
-        return None
-    up = g.upstream_layer(s, fork)
-    if pre_bn:
-        if up.layer == "":
-            return "P1"
-        if up.layer == BN:
-            return "P3" if up.act_between else "P2"
-        return "P4"
-    if up.layer == BN:
-        return "P6" if up.act_between else "P5"
-    if up.layer == WEIGHT:
-        to_merge = g.walk([s], lambda i: g.kinds[i] == WEIGHT or i == merge)
-        return None if any(g.kinds[i] == WEIGHT for i in to_merge if i != s) else "P7"
-    return None
-
-
-def _preactivation_branch(g: _Graph, merge: int, influenced: set[int], fork: set[int]) -> bool:
-    """Walk the branch back from the merge: its first layer after the fork is a BatchNorm."""
-    side = [j for j in g.inputs[merge] if j in influenced]
-    j = side[0] if side else None
-    first = ""
-    for _ in range(_MAX_BACK_STEPS * 4):
-        if j is None or j in fork:
-            break
-        if g.kinds[j] in (BN, WEIGHT):
-            first = g.kinds[j]
-        j = g.main_input(j)
-    return first == BN
-
-
-def _feeds_residual_block(g: _Graph, influenced: set[int]) -> bool:
-    """The dropout sits on a trunk that enters a residual block (the paper's P0)."""
-    for i in influenced:
-        if g.kinds[i] == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2:
+def _enters_residual_block(g: _Graph, s: int, first_bn: int) -> bool:
+    """The paper's P0: s sits on the trunk where a residual block starts, so its first BatchNorm is
+    in the block's branch and the block's add also gets s through the skip (a path avoiding that BN)."""
+    ahead = g.walk([first_bn], lambda i: g.kinds[i] in (ADD, CONCAT))
+    for i in ahead:
+        if g.kinds[i] != ADD:
+            continue
+        operands = [j for j in g.inputs[i] if g.data[j]]
+        if len(operands) >= 2 and any(g.depends(j, s, avoid=first_bn) for j in operands):
             return True
     return False
 
@@ -399,10 +430,10 @@ def _opaque_bn(g: _Graph, i: int) -> bool:
 
 # --- sites ---------------------------------------------------------------------------------------
 
-def find_sites(capture: Capture) -> tuple[list[Site], list[StochasticDepthSite], list[str]]:
+def find_sites(capture: Capture) -> Analysis:
     """Every dropout site with its kind and paper position; stochastic depth; notes for the report."""
     g = _Graph(capture)
-    live_in_eval = {(owner, op, src) for owner, op, src, _ in capture.eval_live_dropouts}
+    live_in_eval = {(owner, op, k) for owner, op, k, _ in capture.eval_live_dropouts}
     sites: list[Site] = []
     stochastic: list[StochasticDepthSite] = []
     ids = _IdMaker()
@@ -419,7 +450,8 @@ def find_sites(capture: Capture) -> tuple[list[Site], list[StochasticDepthSite],
     if not g.has_bn:
         notes.append("no BatchNorm in this model: DC001 cannot fire (LayerNorm/GroupNorm keep no running "
                      "statistics, so dropout causes no variance shift there)")
-    return sites, stochastic, notes + _opaque_notes(capture.opaque) + list(capture.notes)
+    return Analysis(sites=sites, stochastic_depth=stochastic, has_batchnorm=g.has_bn,
+                    notes=notes + _opaque_notes(capture.opaque) + list(capture.notes))
 
 
 def _opaque_notes(regions: list[OpaqueRegion]) -> list[str]:
@@ -451,11 +483,12 @@ class _IdMaker:
         self.used[qual] = count + 1
         return qual if count == 0 else f"{qual}@{count + 1}"
 
-    def functional(self, owner: str, fn: str) -> str:
+    def functional(self, owner: str, fn: str) -> tuple[str, int]:
+        """The id, and which call of `fn` within `owner` this is (0 for the first)."""
         key = f"{owner}/{fn}"
         count = self.used.get(key, 0)
         self.used[key] = count + 1
-        return key if count == 0 else f"{key}_{count}"
+        return (key if count == 0 else f"{key}_{count}"), count
 
 
 def _site_for(g: _Graph, i: int, n: FlowNode, ids: _IdMaker, live_in_eval: set) -> Site:
@@ -468,9 +501,9 @@ def _site_for(g: _Graph, i: int, n: FlowNode, ids: _IdMaker, live_in_eval: set) 
     else:
         fn_name = getattr(n.target, "__name__", str(n.target))
         p, training = ops.function_p_and_training(n.target, n.args, n.kwargs)
-        site_id, module, op = ids.functional(n.owner, fn_name), n.owner, fn_name
+        (site_id, occurrence), module, op = ids.functional(n.owner, fn_name), n.owner, fn_name
         active = p > 0 and training
-        always_on = (n.owner, fn_name, n.source) in live_in_eval
+        always_on = active and (n.owner, fn_name, occurrence) in live_in_eval
         source, declared = n.source, None
     placement = _place(g, i)
     return Site(id=site_id, module=module, op=op, p=p, site=placement.site, paper_position=placement.position,
@@ -507,9 +540,8 @@ def _opaque_sites(g: _Graph, i: int, region: OpaqueRegion, ids: _IdMaker, captur
 
 
 def _stochastic_site(g: _Graph, i: int, n: FlowNode, ids: _IdMaker) -> StochasticDepthSite:
-    influenced = g.walk([i], lambda j: False)
-    to_merge = g.walk([i], lambda j: g.is_merge_for(j, influenced))
-    merges = sorted(j for j in to_merge if j != i and g.is_merge_for(j, influenced))
+    to_merge = g.walk([i], lambda j: g.is_merge_for(j, i))
+    merges = sorted(j for j in to_merge if j != i and g.is_merge_for(j, i))
     if n.op == "call_module":
         qual = str(n.target)
         return StochasticDepthSite(id=ids.module(qual), module=qual, op=type(n.module).__name__,
@@ -517,7 +549,7 @@ def _stochastic_site(g: _Graph, i: int, n: FlowNode, ids: _IdMaker) -> Stochasti
                                    source=n.source or g.capture.declared.get(qual))
     fn = getattr(n.target, "__name__", str(n.target))
     p, _ = ops.function_p_and_training(n.target, n.args, n.kwargs)
-    return StochasticDepthSite(id=ids.functional(n.owner, fn), module=n.owner, op=fn, p=p,
+    return StochasticDepthSite(id=ids.functional(n.owner, fn)[0], module=n.owner, op=fn, p=p,
                                merge=g.display(merges[0]) if merges else None, source=n.source)
 
 
@@ -543,14 +575,10 @@ def _unused_sites(g: _Graph, capture: Capture, sites: list[Site]) -> list[Site]:
 
 
 def _constants_by_owner(g: _Graph) -> dict[str, set[float]]:
+    """Drop probabilities passed to functional dropout and attention, by the owner that passes them."""
     found: dict[str, set[float]] = {}
     for n in g.nodes:
-        if n.op != "call_function":
-            continue
-        values = {v for v in list(n.args) + list(n.kwargs.values()) if isinstance(v, float)}
-        if values:
-            found.setdefault(n.owner, set()).update(values)
+        if n.op == "call_function" and (ops.is_dropout_function(n.target) or n.target in ops.ATTENTION_FUNCTIONS):
+            p, _ = ops.function_p_and_training(n.target, n.args, n.kwargs)
+            found.setdefault(n.owner, set()).add(p)
     return found
-
-
-_ = operator  # operator.add is matched through ops.ADD_FUNCTIONS
