@@ -17,7 +17,7 @@ import torch
 from torch import fx, nn
 
 from . import ops
-from .load import display_path, is_library_frame, user_location
+from .load import display_path, is_library_frame
 from .flow import build_flow_graph
 from .records import Capture, DropcheckError, OpaqueRegion, SourceLocation, Target
 from .shapes import Inlined, propagate_shapes, shape_mode
