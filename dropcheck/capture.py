@@ -260,7 +260,8 @@ def capture_graph(target: Target) -> Capture:
     live = _eval_live_dropouts(evaluated, root, train_gm, inlined, extra, fns) if evaluated else []
     capture = Capture(root=root, graph_module=train_gm, eval_graph_module=evaluated[0] if evaluated else None,
                       nodes=nodes, outputs=outputs, eval_live_dropouts=live, method=method,
-                      device="meta" if mode == "meta" else "cpu", opaque=opaque, declared=dict(target.declared_at))
+                      device="meta" if mode == "meta" else "cpu", opaque=opaque, declared=dict(target.declared_at),
+                      owners=dict(tracer.owners), eval_owners=dict(evaluated[1].owners) if evaluated else {})
     if evaluated is None:
         capture.notes.append("the eval-mode trace failed, so always-on dropout (DC006) was not checked")
     return capture

@@ -27,7 +27,7 @@ _REPEATED_FIX = "keep one dropout per residual branch, after the last BatchNorm 
 def run_rules(sites: list[Site], rules: dict[str, Rule], enabled: frozenset[str] | None = None) -> list[Finding]:
     """Findings for every active site, in site order; only rules in `enabled` (all when None)."""
     findings: list[Finding] = []
-    repeated = _repeated_in_branch(sites)
+    repeated = repeated_in_branch(sites)
     for site in sites:
         candidates: list[tuple[str, str, str]] = []
         if site.active and site.reaches:  # DC001 is reachability, whatever else the site is
@@ -73,7 +73,7 @@ def _message(code: str, site: Site) -> str:
     return site.why
 
 
-def _repeated_in_branch(sites: list[Site]) -> dict[str, list[str]]:
+def repeated_in_branch(sites: list[Site]) -> dict[str, list[str]]:
     """Extra active dropouts per residual branch -> the others in that branch (DC004)."""
     by_merge: dict[str, list[Site]] = defaultdict(list)
     for s in sites:

@@ -27,11 +27,15 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def load_target(spec: str, model_args: dict[str, Any] | None = None,
-                input_shape: tuple[int, ...] | None = None) -> Target:
-    """Build the model a spec names, with its example input (on the meta device where possible)."""
+                input_shape: tuple[int, ...] | None = None, weights: bool = False) -> Target:
+    """Build the model a spec names, with its example input.
+
+    On the meta device where possible (no weights materialised); with `weights`, on the CPU with
+    its initial weights (fix and measure need real tensors).
+    """
     kwargs = dict(model_args or {})
     kind, factory, default_shape, label = _resolve(spec, kwargs)
-    model, device, declared = _build(factory, kwargs, label)
+    model, device, declared = _build(factory, kwargs, label, ("cpu",) if weights else ("meta", "cpu"))
     shape = tuple(input_shape) if input_shape else (_declared_shape(model) or default_shape or DEFAULT_INPUT_SHAPE)
     example = torch.randn(*shape, device=device) if device == "cpu" else torch.empty(*shape, device=device)
     return Target(spec=spec, model=model, example_input=example, origin=kind, declared_at=declared)
@@ -239,8 +243,8 @@ def _as_factory(obj: Any) -> Callable[..., Any]:
 
 # --- building ------------------------------------------------------------------------------------
 
-def _build(factory: Callable[..., Any], kwargs: dict[str, Any],
-           label: str) -> tuple[nn.Module, str, dict[str, SourceLocation]]:
+def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
+           devices: tuple[str, ...]) -> tuple[nn.Module, str, dict[str, SourceLocation]]:
     """Build on the meta device (no weights materialised); fall back to CPU where that fails."""
     missing = _required_params(factory) if callable(factory) else []
     missing = [m for m in missing if m not in kwargs and m not in ("weights", "pretrained")]
@@ -248,7 +252,7 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any],
         raise DropcheckError("load", f"{label}: the constructor needs {', '.join(missing)}",
                              "pass them with -a KEY=VALUE, e.g. -a " + f"{missing[0]}=...")
     first_error: BaseException | None = None
-    for device in ("meta", "cpu"):
+    for device in devices:
         by_id: dict[int, SourceLocation] = {}
         try:
             with _record_declarations(by_id), torch.device(device), warnings.catch_warnings():

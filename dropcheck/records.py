@@ -111,6 +111,7 @@ class Site:
     why: str = ""  # one line: why this site has this kind
     source: SourceLocation | None = None
     declared: SourceLocation | None = None
+    node: str | None = None  # flow-node name in the train graph (for fix and measure; not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -324,3 +325,45 @@ class Capture:
     opaque: list[OpaqueRegion] = field(default_factory=list)
     declared: dict[str, SourceLocation] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    owners: dict[str, str] = field(default_factory=dict)  # train fx node name -> owning module
+    eval_owners: dict[str, str] = field(default_factory=dict)  # eval fx node name -> owning module
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification line of `dropcheck fix`."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class FixResult:
+    """The fixed model, what changed, and the checks it passed (fix -> report, export, train)."""
+
+    target: str
+    model: Any  # FixedModel
+    changes: list[Any]  # fix.Change
+    checks: list[Check]
+    unfixable: list[str]
+    code_before: str
+    code_after: str
+    input_shape: list[int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.unfixable and all(c.ok for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "input_shape": self.input_shape,
+            "changes": [c.to_dict() for c in self.changes],
+            "verification": [c.to_dict() for c in self.checks],
+            "unfixable": list(self.unfixable),
+        }

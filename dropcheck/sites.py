@@ -209,7 +209,7 @@ def _site_for(g: Graph, i: int, n: FlowNode, ids: _IdMaker, live_in_eval: set) -
     return Site(id=site_id, module=module, op=op, p=p, site=placement.site, paper_position=placement.position,
                 active=active, always_on=always_on, reaches=placement.reaches, merge=placement.merge,
                 why=placement.why if active else f"inactive (p={p:g}); " + placement.why,
-                source=source, declared=declared)
+                source=source, declared=declared, node=n.name)
 
 
 def _opaque_sites(g: Graph, i: int, region: OpaqueRegion, ids: _IdMaker, capture: Capture) -> list[Site]:
