@@ -69,11 +69,27 @@ class Change:
 
 @dataclass
 class Plan:
+    root: nn.Module  # the model the plan is for (names of new modules are free in it)
     removals: list[Site] = field(default_factory=list)  # dropouts taken out of the graph
-    insertions: dict[Point, tuple[float, str | None]] = field(default_factory=dict)  # point -> (p, module to reuse)
-    conversions: list[Site] = field(default_factory=list)  # functional dropouts that become modules in place
+    insertions: dict[Point, tuple[float, str, bool]] = field(default_factory=dict)  # point -> (p, module, reused)
+    conversions: dict[str, tuple[Site, str, float]] = field(default_factory=dict)  # id -> (site, new module, p)
     changes: list[Change] = field(default_factory=list)
     unfixable: list[str] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)
+
+    def free_name(self, qualname: str) -> str:
+        """`qualname`, or qualname_1, _2 ... if the model (or this plan) already uses it."""
+        parent_name, _, leaf = qualname.rpartition(".")
+        parent = self.root.get_submodule(parent_name) if parent_name else self.root
+        name, k = leaf, 1
+        while hasattr(parent, name) or _join(parent_name, name) in self.taken:
+            name, k = f"{leaf}_{k}", k + 1
+        self.taken.add(_join(parent_name, name))
+        return _join(parent_name, name)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
 
 
 # --- where dropout goes --------------------------------------------------------------------------
@@ -159,7 +175,7 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
              add_p: float | None = None, repeated: dict[str, list[str]] | None = None) -> Plan:
     """What to remove, insert and convert; every change with the rule that asks for it."""
     g = Graph(capture)
-    plan = Plan()
+    plan = Plan(root=capture.root)
     movers: dict[Point, list[tuple[Site, str]]] = defaultdict(list)
     kept_at: dict[str, Site] = {}  # producer node -> a dropout that stays there
     for site in analysis.sites:
@@ -178,16 +194,17 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
             else:
                 kept_at[site.node] = site
                 if site.op in _MODULE_FOR_FUNCTION:
-                    plan.conversions.append(site)
+                    p = p_override if p_override is not None else site.p
+                    plan.conversions[site.id] = (site, plan.free_name(_new_name(site)), p)
             continue
         movers[target].append((site, rule))
     if add_p is not None:
         _add_everywhere(g, plan, movers, kept_at, add_p)
     for point, group in movers.items():
         _settle(point, group, kept_at, plan, p_override)
-    for site in plan.conversions:
-        plan.changes.append(Change("convert", site.id, "in place", p_override or site.p,
-                                   "DC006" if site.always_on else "", _new_name(site), site.paper_position,
+    for site, name, p in plan.conversions.values():
+        plan.changes.append(Change("convert", site.id, "in place", p,
+                                   "DC006" if site.always_on else "", name, site.paper_position,
                                    site.paper_position))
     return plan
 
@@ -221,8 +238,8 @@ def _settle(point: Point, group: list[tuple[Site, str]], kept_at: dict[str, Site
         return
     p = p_override if p_override is not None else max(site.p for site, _ in group)
     reuse = next((site.module for site, _ in group if site.op not in _MODULE_FOR_FUNCTION and site.module), None)
-    plan.insertions[point] = (p, reuse)
-    module = reuse or _point_module_name(point)
+    module = reuse or plan.free_name(_point_module_name(point))
+    plan.insertions[point] = (p, module, reuse is not None)
     first, rest = group[0], group[1:]
     plan.changes.append(Change("move", first[0].id, point.label, p, first[1], module,
                                first[0].paper_position, point.position))
@@ -245,8 +262,9 @@ def _add_everywhere(g: Graph, plan: Plan, movers: dict[Point, list[tuple[Site, s
     for point in points:
         if point in movers or point.producer in kept_at or point in plan.insertions:
             continue
-        plan.insertions[point] = (p, None)
-        plan.changes.append(Change("add", "", point.label, p, "", _point_module_name(point), None, point.position))
+        module = plan.free_name(_point_module_name(point))
+        plan.insertions[point] = (p, module, False)
+        plan.changes.append(Change("add", "", point.label, p, "", module, None, point.position))
 
 
 def _point_module_name(point: Point) -> str:
@@ -277,7 +295,7 @@ def _target_name(target: Any) -> str:
 
 
 def _apply(graph: fx.Graph, plan: Plan, train_keys: dict[str, tuple[Any, ...]],
-           keys: dict[str, tuple[Any, ...]], names: dict[Point, str], converted: dict[str, str]) -> None:
+           keys: dict[str, tuple[Any, ...]]) -> None:
     by_key = {k: n for n, k in keys.items()}
     nodes = {n.name: n for n in graph.nodes}
 
@@ -290,18 +308,18 @@ def _apply(graph: fx.Graph, plan: Plan, train_keys: dict[str, tuple[Any, ...]],
         if producer is None or consumer is None:
             continue
         with graph.inserting_before(consumer):
-            new = graph.call_module(names[point], (producer,))
+            new = graph.call_module(plan.insertions[point][1], (producer,))
         consumer.replace_input_with(producer, new)
     for site in plan.removals:
         node = find(site.node or "")
         if node is not None:
             node.replace_all_uses_with(_data_input(node))
             graph.erase_node(node)
-    for site in plan.conversions:
+    for site, name, _ in plan.conversions.values():
         node = find(site.node or "")
         if node is not None:
             with graph.inserting_before(node):
-                new = graph.call_module(converted[site.id], (_data_input(node),))
+                new = graph.call_module(name, (_data_input(node),))
             node.replace_all_uses_with(new)
             graph.erase_node(node)
     graph.lint()
@@ -316,15 +334,13 @@ def _data_input(node: fx.Node) -> Any:
 def build_fixed(capture: Capture, plan: Plan) -> FixedModel:
     """Apply the plan to copies of the train and eval graphs, on a copy of the model."""
     root = copy.deepcopy(capture.root)
-    names: dict[Point, str] = {}
-    for point, (p, reuse) in plan.insertions.items():
-        if reuse is not None:
-            root.get_submodule(reuse).p = p
-            names[point] = reuse
+    for p, name, reused in plan.insertions.values():
+        if reused:
+            root.get_submodule(name).p = p
         else:
-            names[point] = _register(root, _point_module_name(point), nn.Dropout(p))
-    converted = {site.id: _register(root, _new_name(site), _MODULE_FOR_FUNCTION[site.op](site.p))
-                 for site in plan.conversions}
+            _register(root, name, nn.Dropout(p))
+    for site, name, p in plan.conversions.values():
+        _register(root, name, _MODULE_FOR_FUNCTION[site.op](p))
     train_gm, eval_gm = capture.graph_module, capture.eval_graph_module
     if eval_gm is None:
         raise DropcheckError("fix", "the model could not be traced in eval mode", "fix needs both fx graphs")
@@ -332,21 +348,15 @@ def build_fixed(capture: Capture, plan: Plan) -> FixedModel:
     graphs, constants = [], {}
     for tag, gm, owners in (("train", train_gm, capture.owners), ("eval", eval_gm, capture.eval_owners)):
         graph = copy.deepcopy(gm.graph)
-        _apply(graph, plan, train_keys, _node_keys(graph, owners), names, converted)
+        _apply(graph, plan, train_keys, _node_keys(graph, owners))
         constants.update(_move_constants(graph, gm, root, tag))
         graphs.append(graph)
     return make_fixed_model(root, graphs[0], graphs[1], constants)
 
 
-def _register(root: nn.Module, qualname: str, module: nn.Module) -> str:
-    """Add `module` under a free name next to `qualname`; returns the name used."""
+def _register(root: nn.Module, qualname: str, module: nn.Module) -> None:
     parent_name, _, leaf = qualname.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    name, k = leaf, 1
-    while hasattr(parent, name):
-        name, k = f"{leaf}_{k}", k + 1
-    parent.add_module(name, module)
-    return f"{parent_name}.{name}" if parent_name else name
+    (root.get_submodule(parent_name) if parent_name else root).add_module(leaf, module)
 
 
 def _move_constants(graph: fx.Graph, gm: fx.GraphModule, root: nn.Module, tag: str) -> dict[str, torch.Tensor]:

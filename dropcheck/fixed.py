@@ -7,18 +7,46 @@ with strict=True) and dispatches `forward` on `self.training` to code generated 
 """
 from __future__ import annotations
 
+import types
 from typing import Any, Callable
 
 import torch
 from torch import fx, nn
 
+from .records import DropcheckError
+
 
 def detached(graph: fx.Graph) -> fx.Graph:
-    """A copy of `graph` owned by no module (node names kept), small to pickle."""
+    """A copy of `graph` owned by no module (node names kept), without type annotations."""
     new = fx.Graph()
     out = new.graph_copy(graph, {})
     new.output(out)
+    for n in new.nodes:
+        n.type = None  # annotations become odd globals (_torch_Tensor_) in generated code
     return new
+
+
+def import_lines(globals_: dict[str, Any]) -> list[str]:
+    """Import statements that give fx-generated code its globals, so the code can live in a file."""
+    from torch.fx.graph import _custom_builtins
+
+    lines = set()
+    for name, obj in globals_.items():
+        if name in _custom_builtins:
+            lines.add(_custom_builtins[name].import_str)
+        elif isinstance(obj, types.ModuleType):
+            lines.add(f"import {obj.__name__}" if name == obj.__name__ else f"import {obj.__name__} as {name}")
+        elif getattr(obj, "__module__", None) and "<" not in getattr(obj, "__qualname__", "<"):
+            top, _, rest = obj.__qualname__.partition(".")
+            if rest:
+                lines.add(f"from {obj.__module__} import {top} as _{top}\n{name} = _{top}.{rest}")
+            else:
+                lines.add(f"from {obj.__module__} import {top}" if name == top else
+                          f"from {obj.__module__} import {top} as {name}")
+        else:
+            raise DropcheckError("output", f"the fixed code uses {name} ({type(obj).__name__}), which cannot be "
+                                 "imported by name", "use the fixed model in this process (dropcheck.fix)")
+    return sorted(lines)
 
 
 def compile_graph(graph: fx.Graph, name: str) -> tuple[str, dict[str, Any], Callable[..., Any]]:
@@ -45,15 +73,18 @@ class FixedModel(nn.Module):
         self._compile()
 
     def _compile(self) -> None:
-        self.train_src, self._train_globals, self._forward_train = compile_graph(self.train_graph, "_forward_train")
-        self.eval_src, self._eval_globals, self._forward_eval = compile_graph(self.eval_graph, "_forward_eval")
+        self.train_src, train_globals, self._forward_train = compile_graph(self.train_graph, "_forward_train")
+        self.eval_src, eval_globals, self._forward_eval = compile_graph(self.eval_graph, "_forward_eval")
+        self.globals = {**train_globals, **eval_globals}
+        self.forward_src = forward_source(self.train_graph)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        # the class is made per model (its forward has the model's own signature): rebuild it on load
-        state = dict(self.__dict__)
-        for key in ("_forward_train", "_forward_eval", "_train_globals", "_eval_globals"):
-            state.pop(key, None)
-        return _rebuild, (forward_source(self.train_graph), state)
+        # pickled by source, like fx's GraphModule: graph nodes can name unpicklable functions, and the
+        # class is made per model (its forward has the model's own signature), so it is rebuilt on load
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_forward_train", "_forward_eval", "globals", "train_graph", "eval_graph")}
+        state["imports"] = "\n".join(import_lines(self.globals))
+        return _rebuild, (self.forward_src, state)
 
 
 def forward_source(graph: fx.Graph) -> str:
@@ -91,7 +122,12 @@ def _rebuild(source: str, state: dict[str, Any]) -> FixedModel:
     cls = _fixed_class(state.get("fixed_from", "Model"), source)
     model = cls.__new__(cls)
     model.__dict__.update(state)
-    model._compile()
+    namespace: dict[str, Any] = {}
+    exec(state["imports"], namespace)  # noqa: S102 - import lines written by import_lines
+    for src, name in ((state["train_src"], "_forward_train"), (state["eval_src"], "_forward_eval")):
+        exec(compile(src, f"<dropcheck {name}>", "exec"), namespace)  # noqa: S102 - fx-generated code
+        setattr(model, name, namespace[name])
+    model.globals = namespace
     return model
 
 

@@ -1,4 +1,4 @@
-"""Rendering: audit reports, the rule list and one rule's page, as text or JSON.
+"""Rendering: audit reports, fix results, the rule list and one rule's page, as text or JSON.
 
 Everything is drawn from the records and their `to_dict()`. Text has two faces, chosen by
 `console.is_terminal`: rich colour and tables on a terminal; plain lines when piped (CI
@@ -9,6 +9,7 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,11 +19,12 @@ from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.markdown import Markdown
 from rich.padding import Padding
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .records import DropcheckError, Finding, Report, Rule, Severity, Site
+from .records import DropcheckError, Finding, FixResult, Report, Rule, Severity, Site
 
 FORMATS = ("text", "json")
 SCHEMA = 1
@@ -294,3 +296,119 @@ def _rich_finding(finding: Finding, report: Report) -> RenderableType:
     if finding.fix:
         lines.append(Padding(Text.assemble(("fix: ", "green"), finding.fix), (0, 0, 0, 2)))
     return Group(*lines)
+
+
+# --- fix -----------------------------------------------------------------------------------------
+
+@contextmanager
+def fix_progress(console: Console, spec: str) -> Iterator[Callable[[str], None]]:
+    """A spinner for `dropcheck fix` ("fixing TARGET", then whatever step is reported);
+    silent unless `console` is a terminal. Yields a function that names the current step."""
+    if not console.is_terminal:
+        yield lambda step: None
+        return
+    with console.status(Text(f"fixing {spec}"), spinner="dots") as status:
+        yield lambda step: status.update(Text(step))
+
+
+def fix_to_json_document(result: FixResult, written: Sequence[Any] = (), diff: bool = False) -> dict[str, Any]:
+    """`{"schema": 1, "dropcheck_version", "fix": FixResult.to_dict(), "written": [paths]}`."""
+    document: dict[str, Any] = {"schema": SCHEMA, "dropcheck_version": __version__, "fix": result.to_dict(),
+                                "written": [str(path) for path in written]}
+    if diff:
+        document["diff"] = fix_diff(result)
+    return document
+
+
+def fix_error_document(target: str, error: DropcheckError) -> dict[str, Any]:
+    """The JSON of a fix that failed before there was a result (load, trace, shape, output)."""
+    return {"schema": SCHEMA, "dropcheck_version": __version__, "fix": None, "target": target,
+            "error": error.to_dict(), "written": []}
+
+
+def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
+    """What `dropcheck fix` did: a header, the diff (if asked), one line per change, what could
+    not be fixed, then the verification lines. Rich on a terminal, plain lines when piped."""
+    rich = console.is_terminal
+    shape = "x".join(str(d) for d in result.input_shape) if result.input_shape else "?"
+    model = getattr(result.model, "fixed_from", None) or type(result.model).__name__
+    if rich:
+        console.print(Text.assemble((result.target, "bold"), "  ", (model, "cyan"), "  ", (f"input {shape}", "dim")))
+    else:
+        _out(console, f"{result.target}: {model}, input {shape}")
+    if diff:
+        _render_diff(fix_diff(result), console)
+    lines: list[Text] = [_change_line(change, result.model) for change in result.changes]
+    if not result.changes:
+        lines.append(Text("no changes: the model already follows Guidelines 1 and 2", style="green"))
+    lines.extend(Text(f"cannot fix  {item}", style="bold red") for item in result.unfixable)
+    for check in result.checks:
+        if rich:
+            lines.append(Text.assemble(("✓ " if check.ok else "✗ ", "bold green" if check.ok else "bold red"),
+                                       (check.name, "bold"), f": {check.detail}"))
+        else:
+            lines.append(Text(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"))
+    for line in lines:
+        if rich:
+            console.print(Padding(line, (0, 0, 0, 2)), soft_wrap=True)
+        else:
+            _out(console, "  " + line.plain)
+
+
+def render_fix_outcome(console: Console, message: str, ok: bool) -> None:
+    """The last line of `dropcheck fix`: what was written, or why nothing was."""
+    if console.is_terminal:
+        console.print(Text(message, style="bold green" if ok else "bold red"), soft_wrap=True)
+    else:
+        _out(console, message)
+
+
+def fix_diff(result: FixResult) -> str:
+    """Unified diff of the forward code (train and eval graphs) before and after the fix."""
+    lines = difflib.unified_diff(result.code_before.splitlines(keepends=True),
+                                 result.code_after.splitlines(keepends=True),
+                                 fromfile=f"{result.target} (original)", tofile=f"{result.target} (fixed)")
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def _render_diff(text: str, console: Console) -> None:
+    if not text:
+        text = "(the forward code is unchanged)\n"
+    if console.is_terminal:
+        console.print(Syntax(text.rstrip("\n"), "diff", theme="ansi_dark", background_color="default",
+                             word_wrap=False))
+    else:
+        _out(console, text.rstrip("\n"))
+
+
+def _change_line(change: Any, model: Any) -> Text:
+    """`move  stages.0.0.drop  P3 -> P6 before stages.0.0.conv2  (DC001, p=0.2)` and its kin."""
+    p = f"p={_format_p(change.p)}"
+    why = f"{change.rule}, {p}" if change.rule else p
+    if change.action == "move":
+        where = " ".join(part for part in (change.to_position, change.to) if part)
+        subject, detail = change.dropout, f"{change.from_position or '?'} -> {where}"
+        if change.module != change.dropout:
+            detail += f" as {change.module}"
+    elif change.action == "remove":
+        kept = change.module + (f" at {change.to_position}" if change.to_position else "")
+        subject, detail, why = change.dropout, f"{change.from_position or '-'}, one dropout stays: {kept}", \
+            change.rule or p
+    elif change.action == "convert":
+        subject, detail = change.dropout, f"-> nn.{_module_type(model, change.module)} {change.module} {change.to}"
+    elif change.action == "add":
+        where = " ".join(part for part in (change.to_position, change.to) if part)
+        subject, detail = change.module, where
+    else:
+        subject, detail = change.dropout or change.module, change.to
+    style = {"move": "yellow", "remove": "red", "convert": "cyan", "add": "green"}.get(change.action, "")
+    return Text.assemble((change.action, f"bold {style}".strip()), "  ", (subject, "bold"), "  ", detail,
+                         "  ", (f"({why})", "dim"))
+
+
+def _module_type(model: Any, qualname: str) -> str:
+    """The class name of the module `qualname` in the fixed model ("Dropout" if it cannot be told)."""
+    try:
+        return type(model.get_submodule(qualname)).__name__
+    except (AttributeError, TypeError):
+        return "Dropout"
