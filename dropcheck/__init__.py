@@ -1,16 +1,17 @@
 """dropcheck: audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.).
 
-Public API: `audit(model, example_input) -> Report`. Importing this package does not import
+Public API: `audit(model, example_input) -> Report`, `fix(model, example_input) -> FixResult`. Importing this package does not import
 torch; the pipeline is loaded on first use so the CLI's `rules` and `explain` stay fast.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .records import DropcheckError, Finding, Report, Severity, Site, SiteKind
+from .records import DropcheckError, Finding, FixResult, Report, Severity, Site, SiteKind
 
 __version__ = "0.1.0"
-__all__ = ["audit", "Report", "Site", "SiteKind", "Finding", "Severity", "DropcheckError", "__version__"]
+__all__ = ["audit", "fix", "Report", "FixResult", "Site", "SiteKind", "Finding", "Severity", "DropcheckError",
+           "__version__"]
 
 
 def audit(model: Any, example_input: Any) -> Report:
@@ -18,3 +19,11 @@ def audit(model: Any, example_input: Any) -> Report:
     from .pipeline import audit as _audit
 
     return _audit(model, example_input)
+
+
+def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
+    """Move `model`'s dropout to where Guidelines 1 and 2 put it; returns the fixed model (a new
+    module), every change, and the verification checks. `model` is left as it was."""
+    from .pipeline import fix as _fix
+
+    return _fix(model, example_input, p, add)

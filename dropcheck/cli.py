@@ -1,7 +1,7 @@
 """The `dropcheck` command line: parse flags, call the stages, render, pick the exit code.
 
 The only module that imports typer. No analysis happens here. The pipeline (and so torch)
-is imported inside `audit` only, so `--help`, `rules` and `explain` start fast.
+is imported inside `audit` and `fix` only, so `--help`, `rules` and `explain` start fast.
 Exit codes: 0 clean, 1 findings at or above --fail-on, 2 usage/config/load/trace error.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.text import Text
 
 from . import __version__, catalog, report
 from .config import parse_input_shape, parse_model_args
-from .records import DropcheckError, Report, Severity
+from .records import DropcheckError, FixResult, Report, Severity
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 FAIL_ON = {"error": Severity.ERROR.rank, "warning": Severity.WARNING.rank, "info": Severity.INFO.rank, "never": None}
@@ -204,6 +204,162 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# --- fix -----------------------------------------------------------------------------------------
+
+@app.command()
+def fix(
+    targets: Annotated[list[str] | None, typer.Argument(
+        metavar="TARGET", show_default=False,
+        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="OUT", show_default=False,
+        help="Write the fixed model here: a directory (code, weights, changes.json), or a .pt file.")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
+        help="Constructor keyword (a Python literal); repeat for more.")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", metavar="N,C,H,W", show_default=False,
+        help="Example input shape, e.g. 1,3,224,224 (default: the model's own, else 1,3,224,224).")] = None,
+    p: Annotated[float | None, typer.Option(
+        "--p", metavar="P", show_default=False,
+        help="Dropout probability of every fixed dropout (default: each keeps its own).")] = None,
+    add: Annotated[float | None, typer.Option(
+        "--add", metavar="P", show_default=False,
+        help="Insert guideline dropout with probability P into every branch and the head that have none.")] = None,
+    diff: Annotated[bool, typer.Option("--diff", help="Print the forward code before and after as a diff.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the traceback of a failure.")] = False,
+) -> None:
+    """Rewrite TARGET to follow Guidelines 1 and 2, verify nothing else changed, and write it to OUT."""
+    err = _stderr_console()
+    try:
+        spec = _check_fix_options(targets, output, dry_run, fmt, p, add)
+        kwargs = parse_model_args(model_arg or [])
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+    except DropcheckError as exc:
+        _fail(err, exc)
+    if output is not None and not dry_run:
+        _guard(err, spec, fmt, verbose, lambda: _export().check_output(output, force))  # before the model loads
+    result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
+    console = Console()
+    if fmt == "text":
+        report.render_fix(result, console, diff)
+    written: list[Path] = []
+    if result.ok and not dry_run and output is not None:
+        with report.fix_progress(err, f"writing {output}"):
+            written = _guard(err, spec, fmt, verbose, lambda: _export().write_output(result, output, force),
+                             result=result)
+    if fmt == "json":
+        report.render_fix_json(result, console, written, diff)
+        if not result.ok:
+            err.print(Text(_nothing_written(result), style="bold red"), soft_wrap=True, highlight=False)
+    else:
+        blocked = _dry_run_blocker(output, force) if dry_run and result.ok else None
+        report.render_fix_outcome(console, _fix_outcome(result, output, dry_run, written, blocked), result.ok)
+    raise typer.Exit(EXIT_CLEAN if result.ok else EXIT_ERROR)
+
+
+def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: bool, fmt: str,
+                       p: float | None, add: float | None) -> str:
+    """Cheap checks first, so a typo costs no model import; returns the one target."""
+    if not targets:
+        raise DropcheckError("usage", "no target given", _NO_TARGET_HINT.replace("audit", "fix"))
+    if len(targets) > 1:
+        raise DropcheckError("usage", f"fix takes one TARGET, got {len(targets)}: {', '.join(targets)}",
+                             "run dropcheck fix once per model")
+    if fmt not in report.FORMATS:
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+    for flag, value in (("--p", p), ("--add", add)):
+        if value is not None and not 0 <= value < 1:
+            raise DropcheckError("usage", f"{flag} {value:g} is not a dropout probability",
+                                 "give a number in [0, 1), e.g. 0.1")
+    if output is None and not dry_run:
+        raise DropcheckError("usage", "no output given", "name one with -o OUT (a directory, or a .pt file), "
+                             "or pass --dry-run to only see the changes")
+    return targets[0]
+
+
+def _export() -> Any:
+    from . import export  # the writer imports torch: only when there is something to check or write
+
+    return export
+
+
+def _fix_one(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None,
+             add: float | None, err: Console) -> FixResult:
+    from .pipeline import fix_target  # torch and the analysis load here, never for --help
+
+    with report.fix_progress(err, f"fixing {spec}"), _stdout_to_stderr():
+        return fix_target(spec, kwargs, shape, p, add)
+
+
+def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[], Any],
+           result: FixResult | None = None) -> Any:
+    """Run one step of `fix`; a failure becomes one line `TARGET: error (kind): ...` and exit 2."""
+    try:
+        return action()
+    except KeyboardInterrupt:
+        err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must still end in one line, not a traceback
+        error = exc if isinstance(exc, DropcheckError) else _internal_error(spec, exc)
+    if verbose:
+        _print_traceback(spec, error)
+    if fmt == "json":
+        report.render_fix_json(result, Console(), [], False, error=error, target=spec)
+    err.print(Text.assemble((f"{spec}: error ({error.kind}): ", "bold red"), error.one_line()),
+              soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _internal_error(spec: str, exc: BaseException) -> DropcheckError:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    error = DropcheckError("internal", f"internal error while fixing {spec}: {type(exc).__name__}: {first}",
+                           "please report this; --verbose shows the traceback")
+    error.__cause__ = exc
+    return error
+
+
+def _print_traceback(spec: str, error: DropcheckError) -> None:
+    exc: BaseException = error.__cause__ or error
+    sys.stderr.write(f"traceback for {spec}:\n")
+    sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    sys.stderr.flush()
+
+
+def _dry_run_blocker(output: Path | None, force: bool) -> DropcheckError | None:
+    """What would stop the real run from writing OUT (it exists, no such directory), if anything."""
+    if output is None:
+        return None
+    try:
+        _export().check_output(output, force)
+    except DropcheckError as exc:
+        return exc
+    return None
+
+
+def _fix_outcome(result: FixResult, output: Path | None, dry_run: bool, written: list[Path],
+                 blocked: DropcheckError | None = None) -> str:
+    if not result.ok:
+        return _nothing_written(result)
+    if dry_run:
+        if output is None:
+            return "dry run: nothing written"
+        if blocked is not None:
+            return f"dry run: nothing written (writing {output} would fail: {blocked.one_line()})"
+        return f"dry run: nothing written (would write {output})"
+    return "\n".join(f"wrote {path}" for path in written) or f"wrote {output}"
+
+
+def _nothing_written(result: FixResult) -> str:
+    failed = [c.name for c in result.checks if not c.ok]
+    reasons = ([f"{len(result.unfixable)} site(s) cannot be fixed"] if result.unfixable else []) + \
+        ([f"check(s) failed: {', '.join(failed)}"] if failed else [])
+    return f"nothing written: {'; '.join(reasons)}"
 
 
 # --- rules and explain ---------------------------------------------------------------------------

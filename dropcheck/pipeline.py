@@ -68,7 +68,7 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None)
     """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model."""
     from .capture import capture_graph
     from .check import repeated_in_branch
-    from .fix import build_fixed, plan_fix
+    from .rewrite import build_fixed, plan_fix
     from .sites import find_sites
     from .verify import verify_fix
 

@@ -301,29 +301,34 @@ def _rich_finding(finding: Finding, report: Report) -> RenderableType:
 # --- fix -----------------------------------------------------------------------------------------
 
 @contextmanager
-def fix_progress(console: Console, spec: str) -> Iterator[Callable[[str], None]]:
-    """A spinner for `dropcheck fix` ("fixing TARGET", then whatever step is reported);
-    silent unless `console` is a terminal. Yields a function that names the current step."""
+def fix_progress(console: Console, text: str) -> Iterator[Callable[[str], None]]:
+    """A spinner showing `text` ("fixing TARGET"); silent unless `console` is a terminal.
+    Yields a function that replaces the text with the current step ("verifying")."""
     if not console.is_terminal:
         yield lambda step: None
         return
-    with console.status(Text(f"fixing {spec}"), spinner="dots") as status:
+    with console.status(Text(text), spinner="dots") as status:
         yield lambda step: status.update(Text(step))
 
 
-def fix_to_json_document(result: FixResult, written: Sequence[Any] = (), diff: bool = False) -> dict[str, Any]:
-    """`{"schema": 1, "dropcheck_version", "fix": FixResult.to_dict(), "written": [paths]}`."""
-    document: dict[str, Any] = {"schema": SCHEMA, "dropcheck_version": __version__, "fix": result.to_dict(),
+def fix_to_json_document(result: FixResult | None, written: Sequence[Any] = (), diff: bool = False,
+                         error: DropcheckError | None = None, target: str = "") -> dict[str, Any]:
+    """`{"schema": 1, "dropcheck_version", "fix": FixResult.to_dict(), "written": [paths]}`, plus
+    `"error"` when the fix failed (`"fix"` is null if it failed before there was a result)."""
+    document: dict[str, Any] = {"schema": SCHEMA, "dropcheck_version": __version__,
+                                "fix": result.to_dict() if result is not None else None,
                                 "written": [str(path) for path in written]}
-    if diff:
+    if error is not None:
+        document["target"] = result.target if result is not None else target
+        document["error"] = error.to_dict()
+    if diff and result is not None:
         document["diff"] = fix_diff(result)
     return document
 
 
-def fix_error_document(target: str, error: DropcheckError) -> dict[str, Any]:
-    """The JSON of a fix that failed before there was a result (load, trace, shape, output)."""
-    return {"schema": SCHEMA, "dropcheck_version": __version__, "fix": None, "target": target,
-            "error": error.to_dict(), "written": []}
+def render_fix_json(result: FixResult | None, console: Console, written: Sequence[Any] = (), diff: bool = False,
+                    error: DropcheckError | None = None, target: str = "") -> None:
+    _out(console, json.dumps(fix_to_json_document(result, written, diff, error, target), indent=2))
 
 
 def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
@@ -340,7 +345,8 @@ def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
         _render_diff(fix_diff(result), console)
     lines: list[Text] = [_change_line(change, result.model) for change in result.changes]
     if not result.changes:
-        lines.append(Text("no changes: the model already follows Guidelines 1 and 2", style="green"))
+        lines.append(Text("no changes", style="dim") if result.unfixable else
+                     Text("no changes: the model already follows Guidelines 1 and 2", style="green"))
     lines.extend(Text(f"cannot fix  {item}", style="bold red") for item in result.unfixable)
     for check in result.checks:
         if rich:
@@ -349,8 +355,8 @@ def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
         else:
             lines.append(Text(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}"))
     for line in lines:
-        if rich:
-            console.print(Padding(line, (0, 0, 0, 2)), soft_wrap=True)
+        if rich:  # soft_wrap: a long line wraps in the terminal, never cropped
+            console.print(Text("  ") + line, soft_wrap=True, highlight=False)
         else:
             _out(console, "  " + line.plain)
 
@@ -376,7 +382,7 @@ def _render_diff(text: str, console: Console) -> None:
         text = "(the forward code is unchanged)\n"
     if console.is_terminal:
         console.print(Syntax(text.rstrip("\n"), "diff", theme="ansi_dark", background_color="default",
-                             word_wrap=False))
+                             word_wrap=True))
     else:
         _out(console, text.rstrip("\n"))
 

@@ -1,4 +1,4 @@
-"""Rewrite a captured model to follow Guidelines 1 and 2, then verify nothing else changed.
+"""The fix stage: rewrite a captured model to follow Guidelines 1 and 2, then verify nothing else changed.
 
 Guideline 1: per residual branch, dropout that reaches a BatchNorm before the merge (P0-P4) and
 extra dropouts move to one dropout after the branch's last BatchNorm and activation, before its

@@ -1,0 +1,197 @@
+"""dropcheck fix: dropouts end where the guidelines say, and nothing else changes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dropcheck
+from dropcheck.export import write_output
+from dropcheck.load import load_target
+from dropcheck.pipeline import audit, fix_loaded, fix_target
+from dropcheck.records import DropcheckError, FixResult
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = EXAMPLES.parent
+
+
+def _fix(example: str, **kwargs: object) -> FixResult:
+    result = fix_target(str(EXAMPLES / example), dict(kwargs))
+    assert result.ok, ([c for c in result.checks if not c.ok], result.unfixable)
+    return result
+
+
+def _kinds_after(result: FixResult) -> list[tuple[str, str, str | None]]:
+    shape = tuple(result.input_shape or ())
+    report = audit(result.model, torch.randn(*shape))
+    return [(s.id, s.site.value, s.paper_position) for s in report.dropouts if s.active]
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+@pytest.mark.parametrize("position", ["P0", "P1", "P2", "P3", "P4"])
+def test_branch_dropout_before_bn_moves_to_p6(block: str, position: str) -> None:
+    result = _fix("preresnet.py", position=position, block=block)
+    assert [(c.action, c.rule, c.from_position, c.to_position) for c in result.changes] == \
+        [("move", "DC001", position, "P6")] * 3
+    after = _kinds_after(result)
+    assert [k for _, k, _ in after] == ["branch.guideline"] * 3 and {p for _, _, p in after} == {"P6"}
+
+
+@pytest.mark.parametrize("position", ["P5", "P6", "P7"])
+def test_dropout_after_the_last_bn_is_left_alone(position: str) -> None:
+    result = _fix("preresnet.py", position=position)
+    assert result.changes == []  # P7 is info only (DC005): fix moves what errors and warnings flag
+
+
+@pytest.mark.parametrize("head", ["H1", "H2", "H5", "H6", "H7"])
+def test_head_dropout_moves_before_the_pool(head: str) -> None:
+    result = _fix("mobilenet_head.py", head_position=head)
+    (change,) = result.changes
+    assert (change.action, change.from_position, change.to_position, change.module) == ("move", head, "H4", "drop")
+    assert _kinds_after(result) == [("drop", "head.pre_gap", "H4")]
+
+
+@pytest.mark.parametrize("head", ["H3", "H4"])
+def test_head_dropout_at_the_guideline_stays(head: str) -> None:
+    assert _fix("mobilenet_head.py", head_position=head).changes == []
+
+
+@pytest.mark.parametrize("position", ["after_conv1", "after_relu1"])
+def test_resnet_v1_dropout_moves_to_the_end_of_the_branch(position: str) -> None:
+    result = _fix("resnet_v1.py", position=position)
+    assert all(c.to.startswith("end of the branch") for c in result.changes) and len(result.changes) == 3
+    assert {k for _, k, _ in _kinds_after(result)} == {"branch.guideline"}
+
+
+def test_densenet_dropouts_become_one_head_dropout() -> None:
+    # no residual branch downstream: they go to the head (H4), one dropout for all
+    result = _fix("densenet.py")
+    assert [c.action for c in result.changes] == ["move"] + ["remove"] * 5
+    assert _kinds_after(result) == [("blocks.0.layers.0.drop", "head.pre_gap", "H4")]
+
+
+def test_always_on_functional_dropout_becomes_a_module_and_eval_is_deterministic() -> None:
+    result = _fix("functional_bug.py")
+    (change,) = result.changes
+    assert (change.action, change.rule, change.module) == ("convert", "DC006", "dropout_1")  # "dropout" is taken
+    check = next(c for c in result.checks if c.name == "eval outputs")
+    assert "switched off" in check.detail
+    model, x = result.model.eval(), torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), model(x))
+
+
+def test_transformer_without_batchnorm_needs_no_change() -> None:
+    assert _fix("transformer.py").changes == []
+
+
+def test_fixed_model_drops_in_train_mode_and_not_in_eval_mode() -> None:
+    model = _fix("preresnet.py", position="P3").model
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_original_checkpoint_loads_strictly_and_the_user_model_is_untouched() -> None:
+    target = load_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, weights=True)
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    result = fix_loaded(target)
+    result.model.load_state_dict(target.model.state_dict(), strict=True)
+    assert all(torch.equal(before[k], v) for k, v in target.model.state_dict().items())
+    assert target.model.stages[0][0].drop is not result.model.stages[0][0].drop  # fix worked on a copy
+
+
+def test_fix_p_override_and_add() -> None:
+    result = fix_target(str(EXAMPLES / "preresnet.py"), {"position": "none"}, add=0.1)
+    assert [(c.action, c.to_position) for c in result.changes] == [("add", "P6")] * 3 + [("add", "H4")]
+    assert {k for _, k, _ in _kinds_after(result)} == {"branch.guideline", "head.pre_gap"}
+    moved = fix_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, p=0.05)
+    assert {c.p for c in moved.changes} == {0.05}
+    assert moved.model.stages[0][0].drop.p == 0.05
+
+
+class _AuxNet(nn.Module):
+    """Train mode returns (logits, aux) like Inception: fx freezes that, FixedModel keeps both modes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc, self.aux = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 2), nn.Linear(8, 2)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor):
+        x = F.relu(self.bn(self.conv(x))).mean((2, 3))
+        logits = self.fc(self.drop(x))
+        if self.training:
+            return logits, self.aux(x)
+        return logits
+
+
+def test_train_only_outputs_survive_the_fix() -> None:
+    result = dropcheck.fix(_AuxNet(), torch.randn(2, 3, 8, 8))
+    assert result.ok and [c.to_position for c in result.changes] == ["H4"]
+    model = result.model
+    assert isinstance(model.train()(torch.randn(2, 3, 8, 8)), tuple)
+    assert isinstance(model.eval()(torch.randn(2, 3, 8, 8)), torch.Tensor)
+
+
+@pytest.mark.parametrize("spec, kwargs, shape, moved", [
+    ("torchvision:densenet121", {"drop_rate": 0.2}, (1, 3, 64, 64), 58),
+    ("torchvision:efficientnet_b0", {}, (1, 3, 64, 64), 1),
+    ("torchvision:mobilenet_v2", {}, (1, 3, 64, 64), 1),
+    ("torchvision:mobilenet_v3_small", {}, (1, 3, 64, 64), 1),
+    ("torchvision:inception_v3", {}, (2, 3, 299, 299), 1),
+    ("timm:resnet18", {"drop_block_rate": 0.1}, (1, 3, 64, 64), 4),
+    ("timm:resnet18", {"drop_rate": 0.2}, (1, 3, 64, 64), 1),
+])
+def test_zoo_models_are_fixed_and_verified(spec: str, kwargs: dict, shape: tuple, moved: int) -> None:
+    result = fix_target(spec, kwargs, shape)
+    assert result.ok, [c for c in result.checks if not c.ok]
+    assert len(result.changes) == moved
+    assert all(c.ok for c in result.checks) and {c.name for c in result.checks} == {
+        "eval outputs", "state_dict", "re-audit", "idempotent"}
+
+
+def test_exported_folder_imports_and_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    result = _fix("preresnet.py", position="P3", head_position="H5")
+    out = tmp_path / "fixed"
+    files = write_output(result, out, force=False)
+    assert {f.name for f in files} >= {"module.py", "state_dict.pt", "changes.json"}
+    changes = json.loads((out / "changes.json").read_text())
+    assert [c["to_position"] for c in changes["changes"]] == ["P6", "P6", "P6", "H4"]
+    assert all(c["ok"] for c in changes["verification"])
+    x = torch.randn(2, 3, 32, 32)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(result.model.eval()(x), tmp_path / "y.pt")
+    script = (f"import sys, torch; sys.path.insert(0, {str(out)!r}); from module import FixedModel; "
+              f"m = FixedModel().eval(); x = torch.load({str(tmp_path / 'x.pt')!r}); "
+              f"y = torch.load({str(tmp_path / 'y.pt')!r}); "
+              "assert torch.equal(m(x), y); m.train(); assert not torch.equal(m(x), m(x)); print('same')")
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0 and "same" in run.stdout, run.stderr
+
+
+def test_pt_output_round_trips_and_existing_output_is_never_overwritten(tmp_path: Path) -> None:
+    result = _fix("preresnet.py", position="P3")
+    out = tmp_path / "fixed.pt"
+    write_output(result, out, force=False)
+    loaded = torch.load(out, weights_only=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), result.model.eval()(x))
+    before = out.read_bytes()
+    with pytest.raises(DropcheckError) as caught:
+        write_output(result, out, force=False)
+    assert caught.value.kind == "output" and "--force" in caught.value.hint
+    assert out.read_bytes() == before
+    write_output(result, out, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["fixed.pt"]  # no temporary files left behind
