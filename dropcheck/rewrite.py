@@ -30,6 +30,7 @@ _MOVED_BY_KIND = {
     SiteKind.HEAD_PRE_BN: "DC001",
     SiteKind.HEAD_POST_GAP: "DC002",
     SiteKind.HEAD_LOGITS: "DC003",
+    SiteKind.BRANCH_POST_WEIGHT: "DC005",  # Guideline 1: before the last weight layer (the paper drops P7)
 }
 _MODULE_FOR_FUNCTION = {
     "dropout": nn.Dropout, "dropout1d": nn.Dropout1d, "dropout2d": nn.Dropout2d, "dropout3d": nn.Dropout3d,
@@ -217,7 +218,7 @@ def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[P
     rule = _MOVED_BY_KIND.get(site.site, "")
     if not rule:
         return None, ""
-    if site.site is SiteKind.BRANCH_PRE_BN:
+    if site.site in (SiteKind.BRANCH_PRE_BN, SiteKind.BRANCH_POST_WEIGHT):
         merge = _merge_of(g, s)
         return (branch_point(g, merge) if merge is not None else None), rule
     if site.site is SiteKind.TRUNK_PRE_BN:

@@ -243,3 +243,15 @@ def test_no_changes_says_the_model_already_follows_the_guidelines() -> None:
     text = buffer.getvalue()
     assert "no changes: the model already follows Guidelines 1 and 2" in text
     assert "(the forward code is unchanged)" in text
+
+
+def test_dry_run_says_when_the_real_run_could_not_write() -> None:
+    from dropcheck import cli
+    from dropcheck.records import DropcheckError
+
+    result = FixResult(target="m.py", model=_MODEL, changes=[], checks=[], unfixable=[], code_before="",
+                       code_after="")
+    blocked = DropcheckError("output", "fixed exists", "pass --force to replace it")
+    assert cli._fix_outcome(result, Path("fixed"), True, [], blocked) == \
+        "dry run: nothing written (writing fixed would fail: fixed exists (hint: pass --force to replace it))"
+    assert cli._fix_outcome(result, None, True, []) == "dry run: nothing written"

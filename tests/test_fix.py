@@ -34,19 +34,19 @@ def _kinds_after(result: FixResult) -> list[tuple[str, str, str | None]]:
 
 
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
-@pytest.mark.parametrize("position", ["P0", "P1", "P2", "P3", "P4"])
-def test_branch_dropout_before_bn_moves_to_p6(block: str, position: str) -> None:
+@pytest.mark.parametrize("position", ["P0", "P1", "P2", "P3", "P4", "P7"])
+def test_branch_dropout_moves_to_p6(block: str, position: str) -> None:
     result = _fix("preresnet.py", position=position, block=block)
+    rule = "DC005" if position == "P7" else "DC001"
     assert [(c.action, c.rule, c.from_position, c.to_position) for c in result.changes] == \
-        [("move", "DC001", position, "P6")] * 3
+        [("move", rule, position, "P6")] * 3
     after = _kinds_after(result)
     assert [k for _, k, _ in after] == ["branch.guideline"] * 3 and {p for _, _, p in after} == {"P6"}
 
 
-@pytest.mark.parametrize("position", ["P5", "P6", "P7"])
-def test_dropout_after_the_last_bn_is_left_alone(position: str) -> None:
-    result = _fix("preresnet.py", position=position)
-    assert result.changes == []  # P7 is info only (DC005): fix moves what errors and warnings flag
+@pytest.mark.parametrize("position", ["P5", "P6"])
+def test_dropout_at_the_guideline_is_left_alone(position: str) -> None:
+    assert _fix("preresnet.py", position=position).changes == []
 
 
 @pytest.mark.parametrize("head", ["H1", "H2", "H5", "H6", "H7"])
