@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__, catalog, report
-from .config import parse_input_shape, parse_model_args
+from .config import check_output, parse_input_shape, parse_model_args
 from .records import DropcheckError, FixResult, Report, Severity
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -243,7 +243,7 @@ def fix(
     except DropcheckError as exc:
         _fail(err, exc)
     if output is not None and not dry_run:
-        _guard(err, spec, fmt, verbose, lambda: _export().check_output(output, force))  # before the model loads
+        _guard(err, spec, fmt, verbose, lambda: check_output(output, force))  # before the model loads
     result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
     console = Console()
     if fmt == "text":
@@ -293,8 +293,8 @@ def _fix_one(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p
              add: float | None, err: Console) -> FixResult:
     from .pipeline import fix_target  # torch and the analysis load here, never for --help
 
-    with report.fix_progress(err, f"fixing {spec}"), _stdout_to_stderr():
-        return fix_target(spec, kwargs, shape, p, add)
+    with report.fix_progress(err, f"fixing {spec}") as step, _stdout_to_stderr():
+        return fix_target(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"))
 
 
 def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[], Any],
@@ -336,7 +336,7 @@ def _dry_run_blocker(output: Path | None, force: bool) -> DropcheckError | None:
     if output is None:
         return None
     try:
-        _export().check_output(output, force)
+        check_output(output, force)
     except DropcheckError as exc:
         return exc
     return None

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from .records import DropcheckError
@@ -34,3 +36,14 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d <= 0 for d in shape):
         raise DropcheckError("usage", f"bad --input-shape '{text}'", "give positive sizes, e.g. 1,3,224,224")
     return shape
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Cheap checks before any model loads."""
+    if out.exists() and not force:
+        raise DropcheckError("output", f"{out} exists", "pass --force to replace it, or choose another -o")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise DropcheckError("output", f"{out}: directory {parent} does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise DropcheckError("output", f"{out}: {parent} is not writable", "choose a writable -o")

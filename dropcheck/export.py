@@ -19,21 +19,11 @@ import torch
 from torch import fx, nn
 
 from . import __version__
+from .config import check_output
 from .fixed import import_lines
 from .records import DropcheckError, FixResult
 
 _STANDARD = "torch.nn."
-
-
-def check_output(out: Path, force: bool) -> None:
-    """Cheap checks before any model loads."""
-    if out.exists() and not force:
-        raise DropcheckError("output", f"{out} exists", "pass --force to replace it, or choose another -o")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise DropcheckError("output", f"{out}: directory {parent} does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise DropcheckError("output", f"{out}: {parent} is not writable", "choose a writable -o")
 
 
 def write_output(result: FixResult, out: Path, force: bool) -> list[Path]:

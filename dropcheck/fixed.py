@@ -49,6 +49,11 @@ def import_lines(globals_: dict[str, Any]) -> list[str]:
     return sorted(lines)
 
 
+def graph_source(graph: fx.Graph, name: str) -> str:
+    """The Python source fx generates for `graph`, as a method named `name` (for diffs)."""
+    return detached(graph).python_code(root_module="self").src.replace("def forward(self", f"def {name}(self", 1)
+
+
 def compile_graph(graph: fx.Graph, name: str) -> tuple[str, dict[str, Any], Callable[..., Any]]:
     """Python source of `graph` as a method named `name`, its globals, and the compiled function."""
     code = graph.python_code(root_module="self")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .records import CaptureInfo, DropcheckError, FixResult, Report, Target
 
@@ -64,10 +64,12 @@ def _api_target(model: Any, example_input: Any) -> Target:
     return Target(spec=type(model).__name__, model=model, example_input=example_input, origin="api")
 
 
-def fix_loaded(target: Target, p: float | None = None, add: float | None = None) -> FixResult:
+def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
+               progress: Callable[[str], None] | None = None) -> FixResult:
     """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model."""
     from .capture import capture_graph
     from .check import repeated_in_branch
+    from .fixed import graph_source
     from .rewrite import build_fixed, plan_fix
     from .sites import find_sites
     from .verify import verify_fix
@@ -85,8 +87,11 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None)
         return report, len(plan_fix(second, second_analysis, None, None,
                                     repeated_in_branch(second_analysis.sites)).changes)
 
+    if progress is not None:
+        progress("verifying")
     checks = verify_fix(capture, fixed, target.inputs, any(s.always_on for s in analysis.sites), reaudit)
-    before = _code("train", capture.graph_module.code) + _code("eval", capture.eval_graph_module.code)
+    before = _code("train", graph_source(capture.graph_module.graph, "_forward_train")) + \
+        _code("eval", graph_source(capture.eval_graph_module.graph, "_forward_eval"))
     after = _code("train", fixed.train_src) + _code("eval", fixed.eval_src)
     return FixResult(target=target.spec, model=fixed, changes=plan.changes, checks=checks,
                      unfixable=plan.unfixable, code_before=before, code_after=after, input_shape=target.input_shape)
@@ -97,11 +102,12 @@ def _code(mode: str, src: str) -> str:
 
 
 def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
-               p: float | None = None, add: float | None = None) -> FixResult:
+               p: float | None = None, add: float | None = None,
+               progress: Callable[[str], None] | None = None) -> FixResult:
     """Load with real weights and fix; raises DropcheckError for load, trace or shape failures."""
     from .load import load_target
 
-    return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add)
+    return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add, progress)
 
 
 def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
