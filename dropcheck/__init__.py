@@ -1,6 +1,7 @@
 """dropcheck: audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.).
 
-Public API: `audit(model, example_input) -> Report`, `fix(model, example_input) -> FixResult`. Importing this package does not import
+Public API: `audit(model, example_input) -> Report`, `fix(model, example_input) -> FixResult`,
+`measure(model, example_input) -> Report` (with measurements). Importing this package does not import
 torch; the pipeline is loaded on first use so the CLI's `rules` and `explain` stay fast.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 from .records import DropcheckError, Finding, FixResult, Report, Severity, Site, SiteKind
 
 __version__ = "0.1.0"
-__all__ = ["audit", "fix", "Report", "FixResult", "Site", "SiteKind", "Finding", "Severity", "DropcheckError",
+__all__ = ["audit", "fix", "measure", "Report", "FixResult", "Site", "SiteKind", "Finding", "Severity", "DropcheckError",
            "__version__"]
 
 
@@ -27,3 +28,12 @@ def fix(model: Any, example_input: Any, p: float | None = None, add: float | Non
     from .pipeline import fix as _fix
 
     return _fix(model, example_input, p, add)
+
+
+def measure(model: Any, example_input: Any, **options: Any) -> Report:
+    """Audit `model` and measure the inconsistency ratio Δ = Var_test / Var_train at every BatchNorm
+    input and residual-merge output (`report.measurements`). Options: batches, batch_size, data
+    ("normal", "digits", "imagefolder:PATH"), device ("auto", "cpu", "cuda"), pretrained, seed."""
+    from .pipeline import measure as _measure
+
+    return _measure(model, example_input, **options)

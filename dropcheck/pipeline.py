@@ -19,13 +19,17 @@ def audit_target(spec: str, model_args: dict[str, Any] | None = None, input_shap
     except DropcheckError as exc:
         report = Report(target=spec, status="error", error=exc, input_shape=list(input_shape) if input_shape else None)
     except Exception as exc:  # noqa: BLE001 - a bug of ours must not take the other targets down
-        error = DropcheckError("internal", f"internal error while auditing {spec}: {type(exc).__name__}: "
-                               f"{(str(exc).strip().splitlines() or [''])[0][:200]}",
-                               "please report this; --verbose shows the traceback")
-        error.__cause__ = exc
-        report = Report(target=spec, status="error", error=error)
+        report = Report(target=spec, status="error", error=_internal(spec, exc))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _internal(spec: str, exc: BaseException) -> DropcheckError:
+    error = DropcheckError("internal", f"internal error while auditing {spec}: {type(exc).__name__}: "
+                           f"{(str(exc).strip().splitlines() or [''])[0][:200]}",
+                           "please report this; --verbose shows the traceback")
+    error.__cause__ = exc
+    return error
 
 
 def audit_loaded(target: Target, enabled: frozenset[str] | None = None) -> Report:
@@ -39,13 +43,17 @@ def audit_loaded(target: Target, enabled: frozenset[str] | None = None) -> Repor
     capture = capture_graph(target)
     analysis = find_sites(capture)
     rules = {r.code: r for r in load_rules()}
-    findings = run_rules(analysis.sites, rules, enabled)
+    report = _report(target, capture, analysis, run_rules(analysis.sites, rules, enabled))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _report(target: Target, capture: Any, analysis: Any, findings: list[Any]) -> Report:
     info = CaptureInfo(method=capture.method, nodes=len(capture.nodes), device=capture.device,
                        has_batchnorm=analysis.has_batchnorm)
     return Report(target=target.spec, model=type(target.model).__name__, input_shape=target.input_shape,
                   capture=info, dropouts=analysis.sites, stochastic_depth=analysis.stochastic_depth,
-                  opaque_regions=list(capture.opaque), findings=findings, notes=analysis.notes,
-                  seconds=time.perf_counter() - started)
+                  opaque_regions=list(capture.opaque), findings=findings, notes=analysis.notes)
 
 
 def audit(model: Any, example_input: Any, enabled: frozenset[str] | None = None) -> Report:
@@ -113,3 +121,67 @@ def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape:
 def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
     """Python API: the fixed model (a new module; `model` is left as it was), changes and checks."""
     return fix_loaded(_api_target(model, example_input), p, add)
+
+
+def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, data: str = "normal",
+                   device: str = "auto", pretrained: bool = False, seed: int = 0,
+                   progress: Callable[[str], None] | None = None, enabled: frozenset[str] | None = None) -> Report:
+    """Audit a loaded target (real weights) and measure Δ at every BatchNorm and residual merge."""
+    import torch
+
+    from .capture import capture_graph
+    from .check import run_rules
+    from .data import batches as data_batches
+    from .data import describe
+    from .measure import measure_model
+    from .sites import find_sites
+
+    started = time.perf_counter()
+    run_on = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    if run_on.type == "cuda" and not torch.cuda.is_available():
+        raise DropcheckError("usage", "--device cuda but no CUDA device is available", "use --device auto or cpu")
+    capture = capture_graph(target)
+    analysis = find_sites(capture)
+    shape = tuple(target.input_shape)[1:]
+
+    def stream() -> Any:
+        return data_batches(data, batch_size, batches, (batch_size, *shape), run_on, seed)
+
+    measurements = measure_model(capture, analysis, stream, run_on, calibrate=not pretrained, progress=progress,
+                                 copy_model=target.origin == "api")
+    from .catalog import load_rules
+
+    report = _report(target, capture, analysis, run_rules(analysis.sites, {r.code: r for r in load_rules()}, enabled))
+    report.measurements = measurements
+    report.measure_settings = {"batches": batches, "batch_size": batch_size, "data": describe(data),
+                               "device": str(run_on), "calibrated": not pretrained, "seed": seed}
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def measure_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+                   checkpoint: str | None = None, trust_pickle: bool = False, **options: Any) -> Report:
+    """Load with real weights (and a checkpoint), then audit and measure; errors become an error Report."""
+    from .load import load_target
+
+    started = time.perf_counter()
+    try:
+        target = load_target(spec, model_args, input_shape, weights=True)
+        if checkpoint:
+            from .checkpoint import load_checkpoint
+
+            load_checkpoint(target.model, checkpoint, trust_pickle)
+            options.setdefault("pretrained", True)
+        report = measure_loaded(target, **options)
+    except DropcheckError as exc:
+        report = Report(target=spec, status="error", error=exc)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not take the other targets down
+        report = Report(target=spec, status="error", error=_internal(spec, exc))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def measure(model: Any, example_input: Any, **options: Any) -> Report:
+    """Python API: audit + Δ per BatchNorm and merge (`report.measurements`). The model is left as it was."""
+    return measure_loaded(_api_target(model, example_input), **options)

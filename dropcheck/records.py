@@ -269,7 +269,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    measurements: list[dict[str, Any]] | None = None
+    measurements: list[Any] | None = None  # Measurement records, when measured
+    measure_settings: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -285,7 +286,8 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
-            "measurements": self.measurements,
+            "measurements": [m.to_dict() for m in self.measurements] if self.measurements is not None else None,
+            "measure_settings": self.measure_settings,
         }
 
     def worst(self) -> Severity | None:
@@ -367,3 +369,22 @@ class FixResult:
             "verification": [c.to_dict() for c in self.checks],
             "unfixable": list(self.unfixable),
         }
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Δ at one BatchNorm input or residual-merge output (measure -> report)."""
+
+    node: str
+    module: str | None  # None for functional BatchNorm and merges
+    kind: str  # "batchnorm" or "merge"
+    delta_mean: float
+    delta_min: float
+    symmetric_mean: float  # Li et al.'s max(r, 1/r), for comparison with their figures
+    reached_by: tuple[str, ...]
+    flagged: bool  # the audit says a dropout reaches this BatchNorm before any merge (DC001)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "module": self.module, "kind": self.kind, "delta_mean": self.delta_mean,
+                "delta_min": self.delta_min, "symmetric_mean": self.symmetric_mean,
+                "reached_by": list(self.reached_by), "flagged": self.flagged}
