@@ -398,3 +398,61 @@ def _fail(err: Console, exc: DropcheckError) -> NoReturn:
     line = Text.assemble(("dropcheck: error: ", "bold red"), exc.one_line())
     err.print(line, soft_wrap=True, highlight=False)
     raise typer.Exit(EXIT_ERROR)
+
+
+# --- reproduce -----------------------------------------------------------------------------------
+
+_FIGURES = ("fig1", "fig3", "prop5")  # = reproduce.FIGURES, repeated so a typo costs no torch import
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@app.command("reproduce")
+def reproduce_command(
+    figure: Annotated[str, typer.Argument(
+        metavar="FIGURE", help="fig1 (Proposition 2), fig3 (Propositions 3-4) or prop5 (Proposition 5).")],
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", metavar="B", show_default=False,
+        help="Samples per batch (default: the paper's 10^5 on CUDA, 8192 on CPU).")] = None,
+    batches: Annotated[int, typer.Option(
+        "--batches", metavar="K", help="Batches to calibrate BatchNorm with, then to measure.")] = 4,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Random seed: the same seed, the same numbers.")] = 0,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png", show_default=False,
+        help="Also draw the figure into FILE.png (needs matplotlib: pip install dropcheck\\[plot]).")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+) -> None:
+    """Rerun one of the paper's module tests and print it next to the closed-form values."""
+    err = _stderr_console()
+    try:
+        _check_reproduce_options(figure, device, fmt, batch_size, batches, plot)
+        from . import reproduce as stage  # torch loads here, never for --help
+
+        if plot is not None:
+            stage.require_matplotlib()  # before the run, not after it
+        setup = stage.make_setup(device, batch_size, batches, seed)
+        with report.reproduce_progress(err, stage.total_steps(figure, setup)) as step:
+            result = stage.reproduce_figure(figure, setup, progress=step)
+        if plot is not None:
+            stage.plot_reproduction(result, plot)
+    except DropcheckError as exc:
+        _fail(err, exc)
+    except KeyboardInterrupt:
+        err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
+        raise typer.Exit(130) from None
+    report.render_reproduction(result, fmt, Console(), plot)
+
+
+def _check_reproduce_options(figure: str, device: str, fmt: str, batch_size: int | None, batches: int,
+                             plot: Path | None) -> None:
+    """Cheap checks first, so a typo costs no torch import."""
+    choices = {"figure": (figure, _FIGURES), "--device": (device, _DEVICES), "--format": (fmt, report.FORMATS)}
+    for what, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise DropcheckError("usage", f"unknown {what} '{value}'", f"choose one of {', '.join(allowed)}")
+    if batch_size is not None and batch_size < 2:
+        raise DropcheckError("usage", f"--batch-size {batch_size} is too small", "give at least 2 samples per batch")
+    if batches < 1:
+        raise DropcheckError("usage", f"--batches {batches} is too small", "give at least one batch")
+    if plot is not None:
+        _check_output(plot)

@@ -185,3 +185,45 @@ def measure_target(spec: str, model_args: dict[str, Any] | None = None, input_sh
 def measure(model: Any, example_input: Any, **options: Any) -> Report:
     """Python API: audit + Δ per BatchNorm and merge (`report.measurements`). The model is left as it was."""
     return measure_loaded(_api_target(model, example_input), **options)
+
+
+def recalibrate_target(spec: str, model_args: dict[str, Any] | None, input_shape: tuple[int, ...] | None,
+                       checkpoint: str, trust_pickle: bool = False, *, data: str = "digits", batches: int = 20,
+                       batch_size: int = 64, device: str = "auto", seed: int = 0,
+                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load a trained model, re-estimate its BatchNorm statistics with dropout off, and report the
+    test-time consistency (and accuracy, where the data has labels) before and after."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import batches as data_batches
+    from .data import describe, has_labels
+    from .load import load_target
+    from .recalibrate import accuracy, consistency, recalibrate_bn
+
+    target = load_target(spec, model_args, input_shape, weights=True)
+    load_checkpoint(target.model, checkpoint, trust_pickle)
+    run_on = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    model = target.model.to(run_on)
+    shape = (batch_size, *target.input_shape[1:])
+
+    def stream(labels: bool = False, offset: int = 0) -> Any:
+        return data_batches(data, batch_size, batches, shape, run_on, seed + offset, labels=labels)
+
+    def evaluate(stage: str) -> tuple[dict[str, float], float | None]:
+        if progress:
+            progress(f"{stage}: measuring")
+        held_out = 1  # statistics are re-estimated on seed, checked on seed + 1
+        return consistency(model, stream(offset=held_out)), (
+            accuracy(model, stream(labels=True, offset=held_out)) if has_labels(data) else None)
+
+    before, acc_before = evaluate("before")
+    if progress:
+        progress("re-estimating BatchNorm statistics with dropout off")
+    recalibrate_bn(model, stream(), batches)
+    after, acc_after = evaluate("after")
+    return {"target": spec, "checkpoint": checkpoint, "data": describe(data), "batches": batches,
+            "batch_size": batch_size, "device": str(run_on), "consistency_before": before,
+            "consistency_after": after, "accuracy_before": acc_before, "accuracy_after": acc_after,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}

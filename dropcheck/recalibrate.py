@@ -170,3 +170,56 @@ def _population_stats(model: nn.Module, bns: list[_BatchNorm], feed: _Feed) -> N
         mean = mean_sum / n
         bn.running_mean.copy_(mean)
         bn.running_var.copy_(square_sum / n - mean.square())
+
+
+# --- the recalibrate command: before/after consistency, and accuracy where labels exist -----------
+
+def consistency(model: nn.Module, data: Iterable[Any]) -> dict[str, float]:
+    """Per BatchNorm, mean over channels of Var(test-time input) / running_var.
+
+    With dropout's shift this ratio reads like Δ (below 1); after recalibration it is 1: BatchNorm
+    then normalises test-time inputs with test-time statistics.
+    """
+    from .stats import ChannelStats
+
+    bns = [(name, m) for name, m in model.named_modules() if _tracks_stats(m)]
+    stats = {name: ChannelStats() for name, _ in bns}
+    handles = [m.register_forward_pre_hook(lambda mod, args, s=stats[name]: s.update(args[0])) for name, m in bns]
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in data:
+                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    out = {}
+    for name, m in bns:
+        if stats[name].count is None:
+            continue
+        running = m.running_var.detach().to(torch.float64)
+        live = running > 0
+        out[name] = float((stats[name].variance.to(running.device)[live] / running[live]).mean())
+    return out
+
+
+def accuracy(model: nn.Module, data: Iterable[Any]) -> float | None:
+    """Top-1 accuracy in eval mode, or None when the outputs do not cover the labels."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    correct = total = 0
+    try:
+        with torch.no_grad():
+            for x, y in data:
+                logits = model(x)
+                if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] <= int(y.max()):
+                    return None
+                correct += int((logits.argmax(1) == y).sum())
+                total += int(y.numel())
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    return correct / total if total else None
