@@ -87,6 +87,9 @@ def audit(
     ignore: Annotated[list[str] | None, typer.Option(
         "--ignore", metavar="CODES", show_default=False, help="Skip these rules: codes, prefixes or names.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of failed targets.")] = False,
+    measure_too: Annotated[bool, typer.Option(
+        "--measure", help="Also measure Δ at every BatchNorm (normal data, 4 batches of 32; see dropcheck "
+                          "measure for the options).")] = False,
 ) -> None:
     """Audit each TARGET and report where its dropout disturbs BatchNorm."""
     err = _stderr_console()
@@ -97,7 +100,10 @@ def audit(
         shape = parse_input_shape(input_shape) if input_shape is not None else None
     except DropcheckError as exc:
         _fail(err, exc)
-    reports = _audit_all(targets or [], kwargs, shape, enabled, err)
+    if measure_too:
+        reports = _measure_all(targets or [], kwargs, shape, {"enabled": enabled}, None, False, err)
+    else:
+        reports = _audit_all(targets or [], kwargs, shape, enabled, err)
     if verbose:
         _print_tracebacks(reports)
     try:
@@ -456,3 +462,155 @@ def _check_reproduce_options(figure: str, device: str, fmt: str, batch_size: int
         raise DropcheckError("usage", f"--batches {batches} is too small", "give at least one batch")
     if plot is not None:
         _check_output(plot)
+
+
+# --- measure and recalibrate ---------------------------------------------------------------------
+
+_DATA_HELP = "normal (N(0,1), like the paper's module tests), digits (scikit-learn's, bundled) or imagefolder:PATH."
+
+
+@app.command()
+def measure(
+    targets: Annotated[list[str] | None, typer.Argument(
+        metavar="TARGET", show_default=False,
+        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
+        help="Constructor keyword (a Python literal) for every target; repeat for more.")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", metavar="N,C,H,W", show_default=False,
+        help="Input shape (its batch size is replaced by --batch-size).")] = None,
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Batches per pass.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Samples per batch.")] = 32,
+    data: Annotated[str, typer.Option("--data", metavar="DATA", help=_DATA_HELP)] = "normal",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="Keep the BatchNorm statistics as loaded (no calibration in train mode).")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", metavar="PATH", show_default=False,
+        help="Trained weights (a state_dict, loaded with weights_only=True); implies --pretrained.")] = None,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Allow a checkpoint that is a pickled model (only from a source you trust).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data and the dropout masks.")] = 0,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png", show_default=False, help="Draw Δ along depth.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", show_default=False, help="Write the report to FILE (atomically).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of failed targets.")] = False,
+) -> None:
+    """Measure Δ = Var_test / Var_train at every BatchNorm and residual merge (paper, Definition 2)."""
+    err = _stderr_console()
+    try:
+        _check_options(targets, fmt, "never", output)
+        _check_measure_options(device, data)
+        kwargs = parse_model_args(model_arg or [])
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+    except DropcheckError as exc:
+        _fail(err, exc)
+    options = {"batches": batches, "batch_size": batch_size, "data": data, "device": device,
+               "pretrained": pretrained or checkpoint is not None, "seed": seed}
+    reports = _measure_all(targets or [], kwargs, shape, options, checkpoint, trust_pickle, err)
+    if verbose:
+        _print_tracebacks(reports)
+    try:
+        if plot is not None:
+            from .measure_report import plot_deltas
+
+            plot_deltas(reports, plot)
+        _emit(reports, fmt, output)
+    except DropcheckError as exc:
+        _fail(err, exc)
+    raise typer.Exit(EXIT_ERROR if any(r.status == "error" for r in reports) else EXIT_CLEAN)
+
+
+def _check_measure_options(device: str, data: str) -> None:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DropcheckError("usage", f"unknown --device '{device}'", "choose auto, cpu or cuda")
+    if data not in ("normal", "digits") and not data.startswith("imagefolder:"):
+        raise DropcheckError("usage", f"unknown --data '{data}'", _DATA_HELP)
+
+
+def _measure_all(targets: list[str], kwargs: dict[str, Any], shape: tuple[int, ...] | None,
+                 options: dict[str, Any], checkpoint: Path | None, trust_pickle: bool, err: Console) -> list[Report]:
+    from .pipeline import measure_target  # torch loads here
+
+    reports: list[Report] = []
+    try:
+        with report.fix_progress(err, "measuring") as step, _stdout_to_stderr():
+            for index, spec in enumerate(targets, 1):
+                prefix = f"{spec} ({index}/{len(targets)})"
+                reports.append(measure_target(spec, kwargs, shape, str(checkpoint) if checkpoint else None,
+                                              trust_pickle, progress=lambda what: step(f"{prefix}: {what}"),
+                                              **options))
+    except KeyboardInterrupt:
+        err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
+        raise typer.Exit(130) from None
+    return reports
+
+
+@app.command()
+def recalibrate(
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="The model the checkpoint belongs to.")],
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", metavar="PATH", help="The trained weights (a state_dict).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", metavar="OUT.pt", help="Where the recalibrated state_dict goes (never over the input).")],
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False, help="Constructor keyword.")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", metavar="N,C,H,W", show_default=False)] = None,
+    data: Annotated[str, typer.Option("--data", metavar="DATA", help=_DATA_HELP)] = "digits",
+    batches: Annotated[int, typer.Option("--batches", min=1, help="Batches for re-estimating the statistics.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 64,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Re-estimate BatchNorm statistics with dropout off: removes the variance shift without retraining."""
+    err = _stderr_console()
+    try:
+        if output.resolve() == checkpoint.resolve():
+            raise DropcheckError("usage", "--output is the input checkpoint", "write the result to a new file")
+        _check_measure_options(device, data)
+        if fmt not in report.FORMATS:
+            raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+        check_output(output, force)
+        kwargs = parse_model_args(model_arg or [])
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+    except DropcheckError as exc:
+        _fail(err, exc)
+    from .pipeline import recalibrate_target
+
+    try:
+        with report.fix_progress(err, f"recalibrating {target}") as step, _stdout_to_stderr():
+            result = recalibrate_target(target, kwargs, shape, str(checkpoint), trust_pickle, data=data,
+                                        batches=batches, batch_size=batch_size, device=device, progress=step)
+        _write_state_dict(result.pop("state_dict"), output)
+    except DropcheckError as exc:
+        if verbose:
+            _print_tracebacks([Report(target=target, status="error", error=exc)])
+        _fail(err, exc)
+    result["written"] = str(output)
+    from .measure_report import render_recalibration
+
+    render_recalibration(result, fmt, Console())
+    raise typer.Exit(EXIT_CLEAN)
+
+
+def _write_state_dict(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, temp)
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
+    except OSError as exc:
+        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)

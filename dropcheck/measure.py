@@ -55,7 +55,7 @@ def measure_model(capture: Capture, analysis: Analysis, batches: Callable[[], It
             continue
         mean, low, sym = ratio
         name = g.display(node)
-        out.append(Measurement(node=g.names[node], module=module, kind=kind, delta_mean=mean, delta_min=low,
+        out.append(Measurement(node=name, module=module, kind=kind, delta_mean=mean, delta_min=low,
                                symmetric_mean=sym, reached_by=tuple(reach.get(node, ())),
                                flagged=kind == "batchnorm" and name in flagged))
     return out

@@ -17,13 +17,14 @@ from .records import DropcheckError, Measurement, Report
 
 
 def delta_by_site(report: Report) -> dict[str, float]:
-    """For each dropout, the lowest Δ among the BatchNorms it reaches (the audit table's Δ column)."""
+    """For each dropout, the lowest Δ at the BatchNorms it reaches before any merge (the audit
+    table's Δ column); dropouts that reach none have no entry."""
+    at = {m.module or m.node: m.delta_mean for m in report.measurements or [] if m.kind == "batchnorm"}
     out: dict[str, float] = {}
-    for m in report.measurements or []:
-        if m.kind != "batchnorm":
-            continue
-        for site in m.reached_by:
-            out[site] = min(out.get(site, 1.0), m.delta_mean)
+    for site in report.dropouts:
+        values = [at[bn] for bn in site.reaches if bn in at]
+        if values:
+            out[site.id] = min(values)
     return out
 
 

@@ -38,7 +38,9 @@ def render(reports: Sequence[Report], fmt: str, console: Console) -> None:
     if fmt == "json":
         _out(console, json.dumps(to_json_document(reports), indent=2))
     elif fmt == "text":
-        if console.is_terminal:
+        if any(r.measurements is not None for r in reports):
+            _render_measured(reports, console)
+        elif console.is_terminal:
             _render_rich(reports, console)
         else:
             _out(console, "\n".join(_plain_lines(reports)))
@@ -184,6 +186,23 @@ def _out(console: Console, text: str) -> None:
 
 # --- plain text (piped) --------------------------------------------------------------------------
 
+def _render_measured(reports: Sequence[Report], console: Console) -> None:
+    """Each target's audit followed by its Δ table, then the summary."""
+    from .measure_report import render_measurements
+
+    for index, rep in enumerate(reports):
+        if index:
+            console.print()
+        if console.is_terminal:
+            console.print(_rich_report(rep, console.width))
+        else:
+            _out(console, "\n".join(_plain_report(rep)))
+        if rep.status == "ok":
+            render_measurements(rep, console, limit=None if len(rep.measurements or []) <= 40 else 25)
+    console.print()
+    console.print(Text(summary_line(reports), style=_worst_style(reports) if console.is_terminal else ""))
+
+
 def _plain_lines(reports: Sequence[Report]) -> list[str]:
     lines: list[str] = []
     for index, report in enumerate(reports):
@@ -201,8 +220,10 @@ def _plain_report(report: Report) -> list[str]:
         return [error_line(report)]
     lines = [f"{report.target}: " + ", ".join(_header_parts(report))]
     if report.dropouts:
-        rows = [_site_row(site, _site_findings(site, report.findings)) for site in report.dropouts]
-        lines.extend("  " + row for row in _columns(_SITE_COLUMNS, rows))
+        deltas = _deltas(report)
+        rows = [_site_row(site, _site_findings(site, report.findings), deltas) for site in report.dropouts]
+        headers = _SITE_COLUMNS if deltas is None else (*_SITE_COLUMNS[:-1], "Δ", _SITE_COLUMNS[-1])
+        lines.extend("  " + row for row in _columns(headers, rows))
     else:
         lines.append("  no dropout sites")
     for finding in report.findings:
@@ -214,9 +235,19 @@ def _plain_report(report: Report) -> list[str]:
     return lines
 
 
-def _site_row(site: Site, on_site: Sequence[Finding]) -> tuple[str, ...]:
+def _site_row(site: Site, on_site: Sequence[Finding], deltas: dict[str, float] | None = None) -> tuple[str, ...]:
+    delta = () if deltas is None else (f"{deltas[site.id]:.3f}" if site.id in deltas else "-",)
     return (site.id, site.op, _format_p(site.p), site.site.value, site.paper_position or "-",
-            _verdict_word(site, on_site), site.why)
+            _verdict_word(site, on_site), *delta, site.why)
+
+
+def _deltas(report: Report) -> dict[str, float] | None:
+    """Measured Δ per dropout (lowest at the BatchNorms it reaches), when the report was measured."""
+    if report.measurements is None:
+        return None
+    from .measure_report import delta_by_site
+
+    return delta_by_site(report)
 
 
 def _columns(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -265,14 +296,18 @@ def _rich_report(report: Report, width: int) -> RenderableType:
 def _rich_sites(report: Report, console_width: int) -> Table:
     # "why" squeezed into a narrow terminal wraps into unreadable slivers; there the findings
     # below still say why each flagged site is flagged, and plain/JSON output always has it
-    columns = _SITE_COLUMNS if console_width >= _WHY_MIN_WIDTH else _SITE_COLUMNS[:-1]
+    deltas = _deltas(report)
+    base = _SITE_COLUMNS if deltas is None else (*_SITE_COLUMNS[:-1], "Δ", _SITE_COLUMNS[-1])
+    columns = base if console_width >= _WHY_MIN_WIDTH else base[:-1]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for header in columns:
-        table.add_column(header, justify="right" if header == "p" else "left", overflow="fold")
+        table.add_column(header, justify="right" if header in ("p", "Δ") else "left", overflow="fold")
     for site in report.dropouts:
         on_site = _site_findings(site, report.findings)
         cells: list[RenderableType] = [site.id, site.op, _format_p(site.p), site.site.value,
                                        site.paper_position or "", _rich_verdict(site, on_site)]
+        if deltas is not None:
+            cells.append(f"{deltas[site.id]:.3f}" if site.id in deltas else "-")
         table.add_row(*cells, *([Text(site.why, style="dim")] if len(columns) > len(cells) else []))
     return table
 
