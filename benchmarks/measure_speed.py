@@ -448,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         out.line(f"   capture + find_sites once, not counted: {t.capture_s:.2f} s; {t.measurements} measurements")
         out.line(f"   measure / two forwards = {t.ratio:.2f}  (target <= {TIME_TARGET})  {verdict(t.ratio <= TIME_TARGET)}; "
                  f"measure / method floor = {t.med(t.measure) / t.med(t.floor):.2f}")
+        out.line(f"   ratios of the minima (less noise-prone on a busy machine): measure / two forwards = "
+                 f"{min(t.measure) / min(t.baseline):.2f}, floor / two forwards = {min(t.floor) / min(t.baseline):.2f}")
         out.line()
 
     unit = "CUDA allocated" if args.device == "cuda" else "peak RSS (VmHWM)"

@@ -42,7 +42,10 @@ def measure_model(capture: Capture, analysis: Analysis, batches: Callable[[], It
         if calibrate:
             _calibrate(model, batches, device, progress)
         test = _collect(model, points, batches, device, dropout_on=False, progress=progress, label="dropout off")
-        train = _collect(model, points, batches, device, dropout_on=True, progress=progress, label="dropout on")
+        if any(s.active for s in analysis.sites):
+            train = _collect(model, points, batches, device, dropout_on=True, progress=progress, label="dropout on")
+        else:  # nothing drops: the second pass would repeat the first exactly (Δ = 1 everywhere)
+            train = test
     finally:
         for m, flag in flags.items():
             m.training = flag

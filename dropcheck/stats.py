@@ -16,17 +16,23 @@ class ChannelStats:
         self.m2: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        """Fold in one batch: every position of every sample is an observation of its channel."""
+        """Fold in one batch: every position of every sample is an observation of its channel.
+
+        The batch's own moments come from torch.var_mean (numerically stable, no copies of the
+        activation; half precision is widened to float32 first); batches merge in float64.
+        """
         x = x.detach()
         if x.dim() == 1:
             x = x.unsqueeze(1)
-        channels = x.shape[1]
-        flat = x.transpose(0, 1).reshape(channels, -1).to(torch.float64)
-        n = flat.shape[1]
+        n = x.numel() // x.shape[1] if x.shape[1] else 0
         if n == 0:
             return
-        batch_mean = flat.mean(dim=1)
-        batch_m2 = ((flat - batch_mean.unsqueeze(1)) ** 2).sum(dim=1)
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        batch_mean = mean.to(torch.float64)
+        batch_m2 = var.to(torch.float64) * n
         if self.count is None:
             self.count = torch.full_like(batch_mean, float(n))
             self.mean, self.m2 = batch_mean, batch_m2
