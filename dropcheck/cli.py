@@ -21,12 +21,22 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__, catalog, report
-from .config import check_output, parse_input_shape, parse_model_args
+from .config import (
+    Config,
+    TargetConfig,
+    check_output,
+    load_config,
+    parse_input_shape,
+    parse_model_args,
+    plan_targets,
+)
 from .records import DropcheckError, FixResult, Report, Severity
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 FAIL_ON = {"error": Severity.ERROR.rank, "warning": Severity.WARNING.rank, "info": Severity.INFO.rank, "never": None}
 _NO_TARGET_HINT = "name a model, e.g. dropcheck audit path/model.py, torchvision:resnet18 or timm:resnet18"
+_NO_AUDIT_TARGET_HINT = (_NO_TARGET_HINT + ", or list them in pyproject.toml: [tool.dropcheck] "
+                         'targets = ["path/model.py"]')
 
 app = typer.Typer(
     name="dropcheck",
@@ -75,35 +85,53 @@ def audit(
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", metavar="N,C,H,W", show_default=False,
         help="Example input shape, e.g. 1,3,224,224 (default: the model's own, else 1,3,224,224).")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
+                                     help="text, json, sarif, github or markdown.")] = "text",
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", show_default=False,
         help="Write the report to FILE (atomically) instead of stdout.")] = None,
-    fail_on: Annotated[str, typer.Option(
-        "--fail-on", metavar="LEVEL", help="Exit 1 on findings at or above: error, warning, info or never.")] = "error",
+    fail_on: Annotated[str | None, typer.Option(
+        "--fail-on", metavar="LEVEL", show_default=False,
+        help="Exit 1 on findings at or above: error, warning, info or never (default: error).")] = None,
     select: Annotated[list[str] | None, typer.Option(
         "--select", metavar="CODES", show_default=False,
         help="Only these rules: comma-separated codes, prefixes or names (default: all).")] = None,
     ignore: Annotated[list[str] | None, typer.Option(
         "--ignore", metavar="CODES", show_default=False, help="Skip these rules: codes, prefixes or names.")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", show_default=False,
+        help="Read [tool.dropcheck] from FILE instead of the nearest pyproject.toml.")] = None,
+    no_config: Annotated[bool, typer.Option("--no-config", help="Ignore [tool.dropcheck] in pyproject.toml.")] = False,
+    show_unused_ignores: Annotated[bool, typer.Option(
+        "--show-unused-ignores", help="Report '# dropcheck: ignore' comments that silenced nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of failed targets.")] = False,
     measure_too: Annotated[bool, typer.Option(
         "--measure", help="Also measure Δ at every BatchNorm (normal data, 4 batches of 32; see dropcheck "
                           "measure for the options).")] = False,
 ) -> None:
-    """Audit each TARGET and report where its dropout disturbs BatchNorm."""
+    """Audit each TARGET (default: the targets in pyproject.toml's [tool.dropcheck]) and report where
+    its dropout disturbs BatchNorm. Command-line flags override the file."""
     err = _stderr_console()
     try:
-        threshold = _check_options(targets, fmt, fail_on, output)
-        enabled = catalog.resolve_selection(select, ignore)
+        config = Config() if no_config else load_config(config_file)
         kwargs = parse_model_args(model_arg or [])
         shape = parse_input_shape(input_shape) if input_shape is not None else None
+        jobs = plan_targets(config, targets, kwargs, shape)
+        if not jobs:
+            raise DropcheckError("usage", "no targets given", _NO_AUDIT_TARGET_HINT)
+        threshold = _check_options([job.spec for job in jobs], fmt, fail_on or config.fail_on or "error", output)
+        enabled = catalog.resolve_selection(select if select is not None else config.select,
+                                            ignore if ignore is not None else config.ignore)
     except DropcheckError as exc:
         _fail(err, exc)
     if measure_too:
-        reports = _measure_all(targets or [], kwargs, shape, {"enabled": enabled}, None, False, err)
+        reports = _measure_all(jobs, {"enabled": enabled}, None, False, err)
     else:
-        reports = _audit_all(targets or [], kwargs, shape, enabled, err)
+        reports = _audit_all(jobs, enabled, err)
+    if show_unused_ignores:
+        from .suppress import unused_ignores
+
+        unused_ignores(reports)
     if verbose:
         _print_tracebacks(reports)
     try:
@@ -144,16 +172,15 @@ def _check_output(path: Path) -> None:
         raise DropcheckError("usage", f"--output {path}: directory {parent} does not exist", "create it first")
 
 
-def _audit_all(targets: list[str], kwargs: dict[str, Any], shape: tuple[int, ...] | None,
-               enabled: frozenset[str], err: Console) -> list[Report]:
+def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console) -> list[Report]:
     from .pipeline import audit_target  # torch and the analysis load here, never for --help
 
     reports: list[Report] = []
     try:
-        with report.audit_progress(err, len(targets)) as progress, _stdout_to_stderr():
-            for index, spec in enumerate(targets, 1):
-                progress(spec, index)
-                reports.append(audit_target(spec, kwargs, shape, enabled))
+        with report.audit_progress(err, len(jobs)) as progress, _stdout_to_stderr():
+            for index, job in enumerate(jobs, 1):
+                progress(job.spec, index)
+                reports.append(audit_target(job.spec, job.model_args, job.input_shape, enabled))
     except KeyboardInterrupt:
         err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
         raise typer.Exit(130) from None
@@ -277,8 +304,8 @@ def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: 
     if len(targets) > 1:
         raise DropcheckError("usage", f"fix takes one TARGET, got {len(targets)}: {', '.join(targets)}",
                              "run dropcheck fix once per model")
-    if fmt not in report.FORMATS:
-        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+    if fmt not in report.BASIC_FORMATS:
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.BASIC_FORMATS)}")
     for flag, value in (("--p", p), ("--add", add)):
         if value is not None and not 0 <= value < 1:
             raise DropcheckError("usage", f"{flag} {value:g} is not a dropout probability",
@@ -452,7 +479,7 @@ def reproduce_command(
 def _check_reproduce_options(figure: str, device: str, fmt: str, batch_size: int | None, batches: int,
                              plot: Path | None) -> None:
     """Cheap checks first, so a typo costs no torch import."""
-    choices = {"figure": (figure, _FIGURES), "--device": (device, _DEVICES), "--format": (fmt, report.FORMATS)}
+    choices = {"figure": (figure, _FIGURES), "--device": (device, _DEVICES), "--format": (fmt, report.BASIC_FORMATS)}
     for what, (value, allowed) in choices.items():
         if value not in allowed:
             raise DropcheckError("usage", f"unknown {what} '{value}'", f"choose one of {', '.join(allowed)}")
@@ -510,7 +537,8 @@ def measure(
         _fail(err, exc)
     options = {"batches": batches, "batch_size": batch_size, "data": data, "device": device,
                "pretrained": pretrained or checkpoint is not None, "seed": seed}
-    reports = _measure_all(targets or [], kwargs, shape, options, checkpoint, trust_pickle, err)
+    jobs = [TargetConfig(spec, kwargs, shape) for spec in targets or []]
+    reports = _measure_all(jobs, options, checkpoint, trust_pickle, err)
     if verbose:
         _print_tracebacks(reports)
     try:
@@ -531,16 +559,17 @@ def _check_measure_options(device: str, data: str) -> None:
         raise DropcheckError("usage", f"unknown --data '{data}'", _DATA_HELP)
 
 
-def _measure_all(targets: list[str], kwargs: dict[str, Any], shape: tuple[int, ...] | None,
-                 options: dict[str, Any], checkpoint: Path | None, trust_pickle: bool, err: Console) -> list[Report]:
+def _measure_all(jobs: list[TargetConfig], options: dict[str, Any], checkpoint: Path | None, trust_pickle: bool,
+                 err: Console) -> list[Report]:
     from .pipeline import measure_target  # torch loads here
 
     reports: list[Report] = []
     try:
         with report.fix_progress(err, "measuring") as step, _stdout_to_stderr():
-            for index, spec in enumerate(targets, 1):
-                prefix = f"{spec} ({index}/{len(targets)})"
-                reports.append(measure_target(spec, kwargs, shape, str(checkpoint) if checkpoint else None,
+            for index, job in enumerate(jobs, 1):
+                prefix = f"{job.spec} ({index}/{len(jobs)})"
+                reports.append(measure_target(job.spec, job.model_args, job.input_shape,
+                                              str(checkpoint) if checkpoint else None,
                                               trust_pickle, progress=lambda what: step(f"{prefix}: {what}"),
                                               **options))
     except KeyboardInterrupt:
@@ -574,8 +603,9 @@ def recalibrate(
         if output.resolve() == checkpoint.resolve():
             raise DropcheckError("usage", "--output is the input checkpoint", "write the result to a new file")
         _check_measure_options(device, data)
-        if fmt not in report.FORMATS:
-            raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+        if fmt not in report.BASIC_FORMATS:
+            raise DropcheckError("usage", f"unknown --format '{fmt}'",
+                                 f"choose one of {', '.join(report.BASIC_FORMATS)}")
         check_output(output, force)
         kwargs = parse_model_args(model_arg or [])
         shape = parse_input_shape(input_shape) if input_shape is not None else None

@@ -32,18 +32,23 @@ def _internal(spec: str, exc: BaseException) -> DropcheckError:
     return error
 
 
-def audit_loaded(target: Target, enabled: frozenset[str] | None = None) -> Report:
-    """Audit a loaded target; raises DropcheckError on trace or shape failures."""
+def audit_loaded(target: Target, enabled: frozenset[str] | None = None, ignores: bool = True) -> Report:
+    """Audit a loaded target; raises DropcheckError on trace or shape failures.
+
+    With `ignores`, findings silenced by `# dropcheck: ignore` comments move to `report.suppressed`."""
     from .capture import capture_graph
     from .catalog import load_rules
     from .check import run_rules
     from .sites import find_sites
+    from .suppress import apply_ignores
 
     started = time.perf_counter()
     capture = capture_graph(target)
     analysis = find_sites(capture)
     rules = {r.code: r for r in load_rules()}
     report = _report(target, capture, analysis, run_rules(analysis.sites, rules, enabled))
+    if ignores:
+        apply_ignores(report)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -89,7 +94,7 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
 
     def reaudit(model: Any) -> tuple[Report, int]:
         again = Target(spec=target.spec, model=model, example_input=target.example_input, origin="api")
-        report = audit_loaded(again)
+        report = audit_loaded(again, ignores=False)  # the fix must leave nothing behind, silenced or not
         second = capture_graph(again)
         second_analysis = find_sites(second)
         return report, len(plan_fix(second, second_analysis, None, None,
@@ -125,7 +130,8 @@ def fix(model: Any, example_input: Any, p: float | None = None, add: float | Non
 
 def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, data: str = "normal",
                    device: str = "auto", pretrained: bool = False, seed: int = 0,
-                   progress: Callable[[str], None] | None = None, enabled: frozenset[str] | None = None) -> Report:
+                   progress: Callable[[str], None] | None = None, enabled: frozenset[str] | None = None,
+                   ignores: bool = True) -> Report:
     """Audit a loaded target (real weights) and measure Δ at every BatchNorm and residual merge."""
     import torch
 
@@ -153,6 +159,10 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
     from .catalog import load_rules
 
     report = _report(target, capture, analysis, run_rules(analysis.sites, {r.code: r for r in load_rules()}, enabled))
+    if ignores:
+        from .suppress import apply_ignores
+
+        apply_ignores(report)
     report.measurements = measurements
     report.measure_settings = {"batches": batches, "batch_size": batch_size, "data": describe(data),
                                "device": str(run_on), "calibrated": not pretrained, "seed": seed}

@@ -271,6 +271,8 @@ class Report:
     seconds: float = 0.0
     measurements: list[Any] | None = None  # Measurement records, when measured
     measure_settings: dict[str, Any] | None = None
+    suppressed: list[Finding] = field(default_factory=list)  # silenced by `# dropcheck: ignore` comments
+    unused_ignores: list[Any] | None = None  # suppress.UnusedIgnore, when --show-unused-ignores asked
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -288,6 +290,8 @@ class Report:
             "seconds": round(self.seconds, 3),
             "measurements": [m.to_dict() for m in self.measurements] if self.measurements is not None else None,
             "measure_settings": self.measure_settings,
+            "suppressed": [f.to_dict() for f in self.suppressed],
+            "unused_ignores": [u.to_dict() for u in self.unused_ignores] if self.unused_ignores is not None else None,
         }
 
     def worst(self) -> Severity | None:

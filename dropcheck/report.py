@@ -26,7 +26,8 @@ from rich.text import Text
 from . import __version__
 from .records import DropcheckError, Finding, FixResult, Report, Rule, Severity, Site
 
-FORMATS = ("text", "json")
+FORMATS = ("text", "json", "sarif", "github", "markdown")  # audit and measure
+BASIC_FORMATS = ("text", "json")  # fix, rules, reproduce, recalibrate
 SCHEMA = 1
 _SEVERITY_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
 _SITE_COLUMNS = ("id", "op", "p", "site", "paper", "verdict", "why")
@@ -34,9 +35,16 @@ _WHY_MIN_WIDTH = 100  # terminal columns below which the site table leaves out "
 
 
 def render(reports: Sequence[Report], fmt: str, console: Console) -> None:
-    """Write the audit of every target to `console` in format `fmt` (text or json)."""
+    """Write the audit of every target to `console` in format `fmt` (one of FORMATS)."""
     if fmt == "json":
         _out(console, json.dumps(to_json_document(reports), indent=2))
+    elif fmt in ("sarif", "github", "markdown"):
+        from . import report_ci  # imports this module: loaded on use
+
+        if fmt == "sarif":
+            _out(console, json.dumps(report_ci.to_sarif(reports), indent=2))
+        else:
+            _out(console, report_ci.to_github(reports) if fmt == "github" else report_ci.to_markdown(reports))
     elif fmt == "text":
         if any(r.measurements is not None for r in reports):
             _render_measured(reports, console)
@@ -59,7 +67,7 @@ def render_rules(rules: Sequence[Rule], fmt: str, console: Console) -> None:
         _out(console, json.dumps([rule.to_dict() for rule in rules], indent=2))
         return
     if fmt != "text":
-        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(BASIC_FORMATS)}")
     if not console.is_terminal:
         rows = [(r.code, r.name, r.severity.value, r.summary) for r in rules]
         _out(console, "\n".join(_columns(("code", "name", "severity", "summary"), rows)))
@@ -99,11 +107,13 @@ def audit_progress(console: Console, total: int) -> Iterator[Callable[[str, int]
 
 
 def summary_line(reports: Sequence[Report]) -> str:
-    """'3 targets audited: 4 errors, 1 warning, 0 info; 1 target failed'."""
+    """'3 targets audited: 4 errors, 1 warning, 0 info, 2 suppressed; 1 target failed' (no 'suppressed' at 0)."""
     counts = _severity_counts(reports)
     failed = sum(r.status == "error" for r in reports)
     line = (f"{_plural(len(reports), 'target')} audited: {_plural(counts[Severity.ERROR], 'error')}, "
             f"{_plural(counts[Severity.WARNING], 'warning')}, {counts[Severity.INFO]} info")
+    suppressed = sum(len(r.suppressed) for r in reports)
+    line += f", {suppressed} suppressed" if suppressed else ""
     return f"{line}; {_plural(failed, 'target')} failed" if failed else line
 
 
@@ -491,7 +501,7 @@ def render_reproduction(result: Reproduction, fmt: str, console: Console, plot: 
         _out(console, json.dumps(reproduction_to_json_document(result, plot), indent=2))
         return
     if fmt != "text":
-        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
+        raise DropcheckError("usage", f"unknown format '{fmt}'", f"choose one of {', '.join(BASIC_FORMATS)}")
     headers = [header for _, header in result.columns]
     rows = [[_repro_cell(row[key]) for key, _ in result.columns] for row in result.rows]
     notes = [f"note: {note}" for note in result.notes]

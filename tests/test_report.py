@@ -186,7 +186,7 @@ def test_json_on_a_terminal_is_still_plain_json() -> None:
 
 def test_unknown_format_is_a_usage_error() -> None:
     with pytest.raises(DropcheckError) as caught:
-        _render([_ok_report()], terminal=False, fmt="sarif")
+        _render([_ok_report()], terminal=False, fmt="yaml")
     assert caught.value.kind == "usage" and caught.value.hint
 
 
