@@ -38,6 +38,14 @@ _NO_TARGET_HINT = "name a model, e.g. dropcheck audit path/model.py, torchvision
 _NO_AUDIT_TARGET_HINT = (_NO_TARGET_HINT + ", or list them in pyproject.toml: [tool.dropcheck] "
                          'targets = ["path/model.py"]')
 
+# declarations shared by the commands that take model targets
+TargetsArg = Annotated[list[str] | None, typer.Argument(
+    metavar="TARGET", show_default=False,
+    help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")]
+ModelArgsOption = Annotated[list[str] | None, typer.Option(
+    "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
+    help="Constructor keyword (a Python literal) for every target; repeat for more.")]
+
 app = typer.Typer(
     name="dropcheck",
     help="Audit PyTorch models for dropout placed where it hurts BatchNorm (Kim et al.).",
@@ -76,12 +84,8 @@ def _root(
 
 @app.command()
 def audit(
-    targets: Annotated[list[str] | None, typer.Argument(
-        metavar="TARGET", show_default=False,
-        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
-    model_arg: Annotated[list[str] | None, typer.Option(
-        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
-        help="Constructor keyword (a Python literal) for every target; repeat for more.")] = None,
+    targets: TargetsArg = None,
+    model_arg: ModelArgsOption = None,
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", metavar="N,C,H,W", show_default=False,
         help="Example input shape, e.g. 1,3,224,224 (default: the model's own, else 1,3,224,224).")] = None,
@@ -109,7 +113,7 @@ def audit(
         "--measure", help="Also measure Δ at every BatchNorm (normal data, 4 batches of 32; see dropcheck "
                           "measure for the options).")] = False,
 ) -> None:
-    """Audit each TARGET (default: the targets in pyproject.toml's [tool.dropcheck]) and report where
+    """Audit each TARGET (default: the targets in the tool.dropcheck table of pyproject.toml) and report where
     its dropout disturbs BatchNorm. Command-line flags override the file."""
     err = _stderr_console()
     try:
@@ -243,15 +247,11 @@ def _umask() -> int:
 
 @app.command()
 def fix(
-    targets: Annotated[list[str] | None, typer.Argument(
-        metavar="TARGET", show_default=False,
-        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
+    targets: TargetsArg = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="OUT", show_default=False,
         help="Write the fixed model here: a directory (code, weights, changes.json), or a .pt file.")] = None,
-    model_arg: Annotated[list[str] | None, typer.Option(
-        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
-        help="Constructor keyword (a Python literal); repeat for more.")] = None,
+    model_arg: ModelArgsOption = None,
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", metavar="N,C,H,W", show_default=False,
         help="Example input shape, e.g. 1,3,224,224 (default: the model's own, else 1,3,224,224).")] = None,
@@ -498,12 +498,8 @@ _DATA_HELP = "normal (N(0,1), like the paper's module tests), digits (scikit-lea
 
 @app.command()
 def measure(
-    targets: Annotated[list[str] | None, typer.Argument(
-        metavar="TARGET", show_default=False,
-        help="path/model.py, path/model.py:Name, package.module:Name, torchvision:NAME or timm:NAME.")] = None,
-    model_arg: Annotated[list[str] | None, typer.Option(
-        "--model-arg", "-a", metavar="KEY=VALUE", show_default=False,
-        help="Constructor keyword (a Python literal) for every target; repeat for more.")] = None,
+    targets: TargetsArg = None,
+    model_arg: ModelArgsOption = None,
     input_shape: Annotated[str | None, typer.Option(
         "--input-shape", metavar="N,C,H,W", show_default=False,
         help="Input shape (its batch size is replaced by --batch-size).")] = None,
