@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import fx, nn
@@ -22,6 +21,7 @@ from . import __version__
 from .config import check_output
 from .fixed import import_lines
 from .records import DropcheckError, FixResult
+from .verify import eval_mode, same_outputs
 
 _STANDARD = "torch.nn."
 
@@ -248,26 +248,8 @@ def _check_same(result: FixResult, loaded: nn.Module, what: str) -> None:
     if not result.input_shape:
         return
     x = torch.randn(*result.input_shape, generator=torch.Generator().manual_seed(0))
-    model = result.model
-    flags = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        loaded.eval()
-        with torch.no_grad():
-            same = _equal(model(x), loaded(x))
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with eval_mode(result.model), eval_mode(loaded), torch.no_grad():
+        same = same_outputs(result.model(x), loaded(x))
     if not same:
         raise DropcheckError("output", f"{what} does not reproduce the fixed model", "please report this; -o x.pt "
                              "writes the model as one pickled file instead")
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return a == b

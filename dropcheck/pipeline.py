@@ -81,7 +81,8 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
                progress: Callable[[str], None] | None = None) -> FixResult:
     """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model."""
     from .capture import capture_graph
-    from .check import repeated_in_branch
+    from .catalog import load_rules
+    from .check import repeated_in_branch, run_rules
     from .fixed import graph_source
     from .rewrite import build_fixed, plan_fix
     from .sites import find_sites
@@ -93,10 +94,13 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
     fixed = build_fixed(capture, plan)
 
     def reaudit(model: Any) -> tuple[Report, int]:
+        # one capture of the fixed model serves the re-audit and the second fix; no ignore comments
+        # apply: the fix must leave nothing behind, silenced or not
         again = Target(spec=target.spec, model=model, example_input=target.example_input, origin="api")
-        report = audit_loaded(again, ignores=False)  # the fix must leave nothing behind, silenced or not
         second = capture_graph(again)
         second_analysis = find_sites(second)
+        rules = {r.code: r for r in load_rules()}
+        report = _report(again, second, second_analysis, run_rules(second_analysis.sites, rules))
         return report, len(plan_fix(second, second_analysis, None, None,
                                     repeated_in_branch(second_analysis.sites)).changes)
 

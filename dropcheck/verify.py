@@ -36,11 +36,11 @@ def _same_eval_outputs(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ..
     """Compare eval outputs on random inputs shaped like the example."""
     reference = _reference(capture, always_on)
     against = "the original with its always-on dropout switched off" if always_on else "the original"
-    with _eval(capture.root), _eval(fixed), torch.no_grad():
+    with eval_mode(capture.root), eval_mode(fixed), torch.no_grad():
         for seed in _SEEDS:
             args = _random_like(inputs, seed)
             expected, got = reference(*args), fixed(*args)
-            if not _equal(expected, got):
+            if not same_outputs(expected, got):
                 return Check("eval outputs", False, f"differ from {against} on random input #{seed}")
     return Check("eval outputs", True, f"bit-identical to {against} on {len(_SEEDS)} random inputs")
 
@@ -78,18 +78,19 @@ def _random_like(inputs: tuple[Any, ...], seed: int) -> tuple[Any, ...]:
                  if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
 
 
-def _equal(a: Any, b: Any) -> bool:
+def same_outputs(a: Any, b: Any) -> bool:
+    """torch.equal through nested tuples, lists and dicts (and equal dtypes and shapes)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
             a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_outputs(a[k], b[k]) for k in a)
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_outputs(x, y) for x, y in zip(a, b))
     return a == b
 
 
-class _eval:
+class eval_mode:
     """Eval mode for the duration, every module's flag restored afterwards."""
 
     def __init__(self, module: nn.Module) -> None:
