@@ -147,10 +147,11 @@ def _concrete_defaults(root: nn.Module, n_inputs: int = 1) -> dict[str, Any]:
 
 
 def _trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
-    where = None
+    where, raised_by_user = None, False
     tb = exc.__traceback__
     while tb is not None:
-        if not is_library_frame(tb.tb_frame.f_code.co_filename):
+        raised_by_user = not is_library_frame(tb.tb_frame.f_code.co_filename)  # true at the end: the user's raise
+        if raised_by_user:
             where = SourceLocation(display_path(tb.tb_frame.f_code.co_filename), tb.tb_lineno)
         tb = tb.tb_next
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -158,9 +159,13 @@ def _trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
     if "control flow" in text or "iterate" in text or "len(" in text:
         hint = ("fx cannot follow data-dependent Python control flow; make that code a leaf module "
                 "or a torch.fx.wrap'ed function, or audit a submodule")
+    elif raised_by_user:
+        hint = "the model's code raised this while torch.fx traced it with proxy inputs; --verbose shows the traceback"
     else:
         hint = "the model must be capturable by torch.fx.symbolic_trace; run with --verbose for the traceback"
-    return DropcheckError("trace", f"{place}cannot trace {type(root).__name__}: {type(exc).__name__}: {text}", hint)
+    error = DropcheckError("trace", f"{place}cannot trace {type(root).__name__}: {type(exc).__name__}: {text}", hint)
+    error.__cause__ = exc  # --verbose prints the cause: the traceback through the user's forward
+    return error
 
 
 def _trace_both_modes(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, DropcheckTracer,

@@ -10,9 +10,12 @@ anything is copied, so a mismatch leaves the model as it was.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +37,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, trust_pickle: bool = Fal
         raise DropcheckError("checkpoint", f"{path}: no such file", "check the path given to --checkpoint")
     if not path.is_file():
         raise DropcheckError("checkpoint", f"{path} is not a file", "give the checkpoint file, e.g. best.pt")
-    state = _state_dict_of(_read(path, trust_pickle), path)
+    state = _state_dict_of(_read(path, trust_pickle, model), path)
     _load_into(model, _strip_prefixes(state), path)
 
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _read(path: Path, trust_pickle: bool) -> Any:
+def _read(path: Path, trust_pickle: bool, model: nn.Module) -> Any:
     try:
         return _torch_load(path, weights_only=True)
     except Exception as exc:  # torch reports bad files as many types; sort them by message
@@ -49,19 +52,59 @@ def _read(path: Path, trust_pickle: bool) -> Any:
             return _read_torchscript(path)
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if refused is None:
-            raise DropcheckError("checkpoint", f"{path} is not a readable PyTorch checkpoint "
-                                 f"({_first_line(exc)})", "the file may be truncated or not a "
-                                 f"checkpoint; {_SAVE_HINT}") from None
+            raise _unreadable(path, exc) from exc
         if not trust_pickle:
             raise DropcheckError("checkpoint", f"{path} is a pickled model or holds other pickled objects "
                                  f"({refused.group(1)}), which safe loading refuses",
-                                 f"pass --trust-pickle if you trust its source, or {_SAVE_HINT}") from None
+                                 f"pass --trust-pickle if you trust its source, or {_SAVE_HINT}") from exc
     try:
-        return _torch_load(path, weights_only=False)
+        with _pickled_classes_importable(model):
+            return _torch_load(path, weights_only=False)
     except Exception as exc:
         raise DropcheckError("checkpoint", f"cannot unpickle {path}: {_first_line(exc)}",
                              "the classes it was pickled with must be importable under the same names; "
-                             f"or {_SAVE_HINT}") from None
+                             f"or {_SAVE_HINT}") from exc
+
+
+def _unreadable(path: Path, exc: BaseException) -> DropcheckError:
+    """Why torch could not read the file, in a few words (torch's own text runs to a paragraph)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return DropcheckError("checkpoint", f"{path}: cannot read ({exc.strerror})", "check the file's permissions")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        head = b"?"
+    if not head:
+        why = "the file is empty"
+    elif head == b"PK\x03\x04" and not str(exc).startswith("Weights only load failed"):
+        why = str(exc).strip().split(". ")[0][:160]  # "PytorchStreamReader failed reading zip archive: ..."
+    elif head == b"PK\x03\x04":
+        why = "its pickled data is damaged"
+    else:
+        why = "it was not written by torch.save, or it is damaged"
+    return DropcheckError("checkpoint", f"{path} is not a readable PyTorch checkpoint: {why}",
+                          f"the file may be truncated or not a checkpoint; {_SAVE_HINT}")
+
+
+@contextlib.contextmanager
+def _pickled_classes_importable(model: nn.Module) -> Iterator[None]:
+    """Unpickling imports classes by the names the training script used: `net.Net` from the model
+    file's folder, `pkg.net.Net` from the working directory. Put both on sys.path meanwhile."""
+    from .load import USER_MODULE_PREFIX
+
+    folders = [os.getcwd()]
+    source = getattr(sys.modules.get(type(model).__module__), "__file__", None)
+    if source and type(model).__module__.startswith(USER_MODULE_PREFIX):
+        folders.insert(0, os.path.dirname(os.path.abspath(source)))
+    added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
 
 
 def _torch_load(path: Path, weights_only: bool) -> Any:

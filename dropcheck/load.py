@@ -22,6 +22,7 @@ from torch import nn
 from .records import DropcheckError, SourceLocation, Target
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+USER_MODULE_PREFIX = "dropcheck_user_"  # the module name a model file is imported under, then its path
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -121,14 +122,15 @@ def _import_file(path_text: str) -> types.ModuleType:
         source = path.read_bytes()
     except OSError as exc:
         raise DropcheckError("load", f"{path_text}: cannot read ({exc.strerror})", "check the file's permissions") from exc
-    if b"\0" in source[:8192]:
+    if b"\0" in source:  # compile() refuses NUL bytes anywhere, with no line number
         raise DropcheckError("load", f"{path_text}: not a Python source file (binary)", "give the .py file that defines the model")
     try:
         compile(source, str(path), "exec")
     except SyntaxError as exc:
-        raise DropcheckError("load", f"{path_text}:{exc.lineno}: syntax error: {exc.msg}",
+        place = f"{path_text}:{exc.lineno}" if exc.lineno else path_text
+        raise DropcheckError("load", f"{place}: syntax error: {exc.msg}",
                              "fix the syntax error; the file must import cleanly") from exc
-    mod_name = "dropcheck_user_" + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
+    mod_name = USER_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
     spec = importlib.util.spec_from_file_location(mod_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

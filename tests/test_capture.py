@@ -304,6 +304,7 @@ def test_data_dependent_control_flow_is_a_trace_error_naming_the_line(tmp_path: 
     assert caught.value.kind == "trace"
     assert "model.py:9" in caught.value.message and "control flow" in caught.value.message
     assert caught.value.hint
+    assert isinstance(caught.value.__cause__, torch.fx.proxy.TraceError)  # what --verbose prints
 
 
 def test_wrong_input_shape_is_a_shape_error() -> None:

@@ -90,6 +90,9 @@ def test_truncated_text_empty_and_missing_files_are_checkpoint_errors(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     for name in ("cut.pt", "notes.pt", "empty.pt"):
         assert "not a readable PyTorch checkpoint" in _fails(_net(0), tmp_path / name).message
+    assert _fails(_net(0), tmp_path / "empty.pt").message.endswith(": the file is empty")
+    assert "zip archive" in _fails(_net(0), tmp_path / "cut.pt").message  # torch's reason, its first sentence only
+    assert _fails(_net(0), tmp_path / "notes.pt").__cause__ is not None  # --verbose shows torch's traceback
     assert "no such file" in _fails(_net(0), tmp_path / "absent.pt").message
     assert "not a file" in _fails(_net(0), tmp_path).message
 

@@ -111,6 +111,9 @@ def test_binary_and_empty_files(tmp_path: Path) -> None:
     binary = tmp_path / "weights.py"
     binary.write_bytes(b"\x00\x01\x02PK")
     assert "binary" in _load_error(str(binary)).message
+    late = tmp_path / "late.py"
+    late.write_bytes(b"#" * 9000 + b"\n\0\n")  # a NUL past the first 8 KiB: still binary, not "line None"
+    assert "binary" in _load_error(str(late)).message
     assert "no nn.Module class" in _load_error(_file(tmp_path, "")).message
 
 
