@@ -176,6 +176,7 @@ def _trace_both_modes(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, D
     if leaves or functions:
         attempts.append(("zoo-aware", leaves, functions))
     flags = {m: m.training for m in root.modules()}
+    attributes = set(root.__dict__)  # fx parks tensor constants on the root it traces
     error: DropcheckError | None = None
     try:
         for method, extra, fns in attempts:
@@ -197,6 +198,8 @@ def _trace_both_modes(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, D
     finally:
         for m, flag in flags.items():
             m.training = flag
+        for name in set(root.__dict__) - attributes:  # the GraphModules keep their own references
+            delattr(root, name)
     assert error is not None
     raise error
 

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from . import __version__
+from .atomic import umask
 from .config import check_output
 from .fixed import import_lines
 from .records import DropcheckError, FixResult
@@ -43,7 +44,7 @@ def write_output(result: FixResult, out: Path, force: bool) -> list[Path]:
 def _write_pt(result: FixResult, out: Path, parent: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".dropcheck-", suffix=".pt")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~umask())
     try:
         torch.save(result.model, tmp)
         _check_same(result, torch.load(tmp, weights_only=False), "the .pt file")
@@ -58,7 +59,7 @@ def _write_pt(result: FixResult, out: Path, parent: Path) -> Path:
 
 def _write_folder(result: FixResult, out: Path, parent: Path) -> list[Path]:
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".dropcheck-"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; OUT should look like any other folder
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; OUT should look like any other folder
     try:
         names = _write_files(result, tmp)
         _check_same(result, _import_folder(tmp), "the written module.py")
@@ -85,12 +86,6 @@ def _write_files(result: FixResult, folder: Path) -> list[str]:
                + [f"modules/{q}.pt" for q in pickled]}
     (folder / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
     return changes["files"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -83,6 +83,15 @@ class FixedModel(nn.Module):
         self.globals = {**train_globals, **eval_globals}
         self.forward_src = forward_source(self.train_graph)
 
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FixedModel:
+        # .to(device) / .cuda() / .half() reach parameters and buffers; tracer constants must follow
+        super()._apply(fn, *args, **kwargs)
+        for name in self._constants:
+            value = fn(getattr(self, name))
+            self._constants[name] = value
+            object.__setattr__(self, name, value)
+        return self
+
     def __reduce_ex__(self, protocol: Any) -> Any:
         # pickled by source, like fx's GraphModule: graph nodes can name unpicklable functions, and the
         # class is made per model (its forward has the model's own signature), so it is rebuilt on load

@@ -195,3 +195,24 @@ def test_pt_output_round_trips_and_existing_output_is_never_overwritten(tmp_path
     assert out.read_bytes() == before
     write_output(result, out, force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["fixed.pt"]  # no temporary files left behind
+
+
+class _WithConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.drop(self.conv(x)) * torch.tensor([2.0]))  # a tensor the tracer stores
+
+
+def test_tracer_constants_follow_the_fixed_model_to_another_dtype_or_device() -> None:
+    model = _WithConstant().eval()
+    attributes = set(model.__dict__)
+    fixed = dropcheck.fix(model, torch.randn(2, 3, 8, 8)).model
+    assert set(model.__dict__) == attributes  # fx's tracer parks constants on the root: taken back
+    assert fixed._constants, "the model should have a tracer constant"
+    moved = fixed.to(torch.float64)
+    assert all(v.dtype == torch.float64 for v in moved._constants.values())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert moved.eval()(x).dtype == torch.float64
