@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__, catalog, report
+from .atomic import write_atomic, write_with
 from .config import (
     Config,
     TargetConfig,
@@ -215,32 +216,6 @@ def _emit(reports: list[Report], fmt: str, output: Path | None) -> None:
     buffer = io.StringIO()
     report.render(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100))
     write_atomic(output, buffer.getvalue())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and os.replace."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the directory's permissions") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal mode
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path and permissions") from exc
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- fix -----------------------------------------------------------------------------------------
@@ -628,15 +603,187 @@ def recalibrate(
 def _write_state_dict(state: dict[str, Any], path: Path) -> None:
     import torch
 
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    write_with(path, lambda temp: torch.save(state, temp))
+
+
+# --- train-compare -------------------------------------------------------------------------------
+
+_VARIANTS_HELP = "Comma-separated: original, fixed, none (dropout removed), or sweep positions P0..P7, H3..H6."
+_DATASET_HELP = "digits (scikit-learn's, bundled: the default), cifar10, cifar100, imagefolder:PATH or fake."
+
+
+@app.command("train-compare")
+def train_compare(
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="The model, as for audit.")],
+    model_arg: ModelArgsOption = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", metavar="N,C,H,W", show_default=False,
+        help="Input size to train at (default: the model's; digits on a larger image model: 16x16).")] = None,
+    variants: Annotated[str, typer.Option("--variants", metavar="LIST", help=_VARIANTS_HELP)] = "original,fixed",
+    sweep: Annotated[str | None, typer.Option(
+        "--sweep", metavar="POSITIONS", show_default=False,
+        help="The paper's Table 1: no dropout, then one dropout at each of these positions in every block "
+             "(e.g. P0,P1,P2,P3,P4,P5,P6,P7,H4,H5). Replaces --variants.")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", metavar="VARIANT", show_default=False,
+        help="What the others are compared with (default: original, else none).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", metavar="N|LIST", help="A count (3 = seeds 0,1,2) or a list.")] = "3",
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, show_default=False, help="Default: 15 on digits, 30 elsewhere, 3 on fake.")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", metavar="DATA", help=_DATASET_HELP)] = "digits",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", metavar="DIR", show_default=False, help="Where CIFAR lives (default ~/.cache/dropcheck/data).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download CIFAR if it is not in --data-dir.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 128,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD, cosine to 0).")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 5e-4,
+    p: Annotated[float | None, typer.Option(
+        "--p", min=0.0, max=0.99, show_default=False,
+        help="Dropout probability for fixed/sweep dropouts (default: the model's own; 0.1 in a sweep).")] = None,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", show_default=False, help="Mixed precision (default: on with CUDA).")] = None,
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", show_default=False, help="Default: on with CUDA.")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile each model.")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, show_default=False, help="CPU threads (results depend on it; pinned on --resume).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE.json", show_default=False,
+        help="Results (JSON), rewritten after every finished run.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the runs in --output.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --output if it exists.")] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", metavar="FILE.png", show_default=False, help="Accuracy and loss curves.")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text, json or markdown.")] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Train the original and the fixed model (or a sweep of positions) on paired seeds, and compare."""
+    err = _stderr_console()
+    from .distributed import world_from_env
+
+    world = world_from_env()
     try:
-        torch.save(state, temp)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path") from exc
+        names = _variant_names(variants, sweep)
+        saved = _train_options(fmt, output, resume, force, plot, device)
+        from .train import default_epochs, seeds_from
+
+        seed_list = seeds_from(seeds)
+        kwargs = parse_model_args(model_arg or [])
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
+    except DropcheckError as exc:
+        _fail(err, exc)
+    comparison = _train(err, world, verbose, lambda listener, run_on: _pipeline_train(
+        target, kwargs, shape, names, seed_list, dataset, data_dir, download, batch_size, lr, weight_decay, p,
+        epochs or default_epochs(dataset), amp, channels_last, compile_model, threads, baseline, run_on, saved,
+        world, listener), output, device)
+    if world.leader:
+        try:
+            if plot is not None:
+                from .train_report import plot_curves
+
+                plot_curves(comparison, plot)
+        except DropcheckError as exc:
+            _fail(err, exc)
+        from .train_report import render
+
+        render(comparison, fmt, Console())
+    raise typer.Exit(EXIT_CLEAN)
+
+
+def _variant_names(variants: str, sweep: str | None) -> list[str]:
+    from .variants import parse_variants
+
+    if sweep is not None:
+        return ["none", *parse_variants(sweep)]
+    return parse_variants(variants)
+
+
+def _train_options(fmt: str, output: Path | None, resume: bool, force: bool, plot: Path | None,
+                   device: str) -> Any:
+    """Checks before torch loads; returns the Comparison to resume, if any."""
+    if fmt not in ("text", "json", "markdown"):
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", "choose text, json or markdown")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise DropcheckError("usage", f"unknown --device '{device}'", "choose auto, cpu or cuda")
+    if resume and force:
+        raise DropcheckError("usage", "--resume and --force contradict each other",
+                             "--resume continues --output; --force starts it again")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise DropcheckError("usage", f"--plot {plot}: the plot is a PNG", "name it FILE.png")
+    if resume:
+        if output is None or not output.is_file():
+            raise DropcheckError("usage", "--resume needs the --output file of an earlier run"
+                                 + (f" ({output} does not exist)" if output is not None else ""),
+                                 "pass -o FILE.json that an interrupted train-compare wrote")
+        from .train_report import from_json_document
+
+        return from_json_document(output.read_text(encoding="utf-8"), str(output))
+    if output is not None:
+        check_output(output, force)
+    return None
+
+
+def _pipeline_train(target: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, names: list[str],
+                    seed_list: list[int], dataset: str, data_dir: Path | None, download: bool, batch_size: int,
+                    lr: float, weight_decay: float, p: float | None, epochs: int, amp: bool | None,
+                    channels_last: bool | None, compile_model: bool, threads: int | None, baseline: str | None,
+                    run_on: Any, saved: Any, world: Any, listener: Any) -> Any:
+    import torch
+
+    from .pipeline import train_compare_target
+    from .train import Recipe
+
+    if threads is None and saved is not None:
+        threads = saved.settings.get("threads")  # same threads, same numbers: a resumed run stays paired
+    if threads:
+        torch.set_num_threads(threads)
+    on_cuda = run_on.type == "cuda"
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    amp=on_cuda if amp is None else amp and on_cuda,
+                    channels_last=on_cuda if channels_last is None else channels_last, compile=compile_model)
+    return train_compare_target(target, kwargs, shape, variants=names, seeds=seed_list, dataset=dataset,
+                                data_dir=str(data_dir) if data_dir else None, download=download, recipe=recipe,
+                                device=str(run_on), p=p, baseline=baseline, resume=saved, world=world,
+                                listener=listener, progress=listener.status)
+
+
+def _train(err: Console, world: Any, verbose: bool, run: Callable[[Any, Any], Any], output: Path | None,
+           device: str) -> Any:
+    """Run the comparison with progress and saving; Ctrl-C keeps the finished runs in --output."""
+    from . import distributed
+    from .pipeline import resolve_device
+    from .train_report import TrainProgress, to_json_document
+
+    def save(comparison: Any) -> None:
+        if output is not None and world.leader:
+            write_atomic(output, json.dumps(to_json_document(comparison), indent=2) + "\n")
+
+    progress = TrainProgress(err if world.leader else Console(stderr=True, quiet=True), save)
+    try:
+        run_on = distributed.start(world, resolve_device(device))
+        with progress, _stdout_to_stderr():
+            comparison = run(progress, run_on)
+        if output is not None:
+            save(comparison)
+        return comparison
+    except KeyboardInterrupt:
+        done = progress.runs_done
+        kept = f"; {done} finished run(s) kept in {output}: continue with --resume" if output and done else (
+            "; pass --output FILE.json to keep finished runs" if not output else "")
+        err.print(Text(f"dropcheck: interrupted{kept}", style="bold red"), soft_wrap=True)
+        raise typer.Exit(130) from None
+    except DropcheckError as exc:
+        if verbose:
+            _print_traceback("train-compare", exc)
+        _fail(err, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours (or the user's forward): one line, exit 2
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        error = DropcheckError("internal", f"train-compare failed: {type(exc).__name__}: {first}",
+                               "--verbose shows the traceback; please report it if the model is not at fault")
+        error.__cause__ = exc
+        if verbose:
+            _print_traceback("train-compare", error)
+        _fail(err, error)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+        distributed.stop(world)

@@ -432,6 +432,11 @@ def _render_diff(text: str, console: Console) -> None:
         _out(console, text.rstrip("\n"))
 
 
+def change_text(change: Any, model: Any) -> str:
+    """One change of `dropcheck fix` as plain text, as `render_fix` prints it when piped."""
+    return _change_line(change, model).plain
+
+
 def _change_line(change: Any, model: Any) -> Text:
     """`move  stages.0.0.drop  P3 -> P6 before stages.0.0.conv2  (DC001, p=0.2)` and its kin."""
     p = f"p={_format_p(change.p)}"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import ops
 from .fixed import FixedModel, make_fixed_model
 from .graph import ADD, BN, WEIGHT, Graph
 from .records import Analysis, Capture, DropcheckError, Site, SiteKind
@@ -41,13 +42,17 @@ _MODULE_FOR_FUNCTION = {
 
 @dataclass(frozen=True)
 class Point:
-    """Insert a dropout on the edge producer -> consumer (train-graph node names)."""
+    """Insert a dropout on the edge producer -> consumer (train-graph node names).
+
+    An empty consumer means every user of the producer (the model output included) sees the dropout.
+    """
 
     producer: str
     consumer: str
     owner: str  # module that will hold a new dropout
     label: str  # for people: "before stages.0.0.conv2"
     position: str | None  # P6, H4, or None (end of a ResNetV1 branch)
+    merge: str = ""  # display name of the residual merge whose branch this is ("" outside a branch)
 
 
 @dataclass(frozen=True)
@@ -107,16 +112,24 @@ def branch_point(g: Graph, merge: int) -> Point | None:
     last_w = weights[0]  # chain runs from the merge backwards
     if any(g.kinds[i] == BN for i in chain[:last_w]):  # the branch ends in BatchNorm (ResNetV1)
         end = chain[0]
-        return Point(g.names[end], g.names[merge], g.nodes[end].owner or g.nodes[merge].owner,
-                     f"end of the branch merging at {g.display(merge)}", None)
+        return Point(g.names[end], g.names[merge], _holder(g, end) or g.nodes[merge].owner,
+                     f"end of the branch merging at {g.display(merge)}", None, g.display(merge))
     w = chain[last_w]
     producer = g.main_input(w)
     if producer is None:
         return None
     up = g.upstream_layer(w)
     position = "P6" if up.layer == BN and up.act_between else ("P5" if up.layer == BN else None)
-    owner = g.nodes[w].target.rpartition(".")[0] if g.nodes[w].op == "call_module" else g.nodes[w].owner
-    return Point(g.names[producer], g.names[w], owner, f"before {g.display(w)}", position)
+    return Point(g.names[producer], g.names[w], _holder(g, w), f"before {g.display(w)}", position,
+                 g.display(merge))
+
+
+def _holder(g: Graph, i: int) -> str:
+    """The module whose forward makes node i: for a module call, the parent of the called module (a
+    call_module node's owner is the called module itself, and a new dropout must not become a
+    child of a BatchNorm or StochasticDepth)."""
+    n = g.nodes[i]
+    return str(n.target).rpartition(".")[0] if n.op == "call_module" else n.owner
 
 
 def _branch_side(g: Graph, merge: int) -> tuple[list[int], int] | None:
@@ -138,6 +151,17 @@ def _branch_side(g: Graph, merge: int) -> tuple[list[int], int] | None:
             best = (*score, chain, j)
     assert best is not None
     return best[2], best[3]
+
+
+def residual_merges(g: Graph) -> list[int]:
+    """Adds with two data operands: the candidates for the end of a residual branch."""
+    return [i for i, kind in enumerate(g.kinds) if kind == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2]
+
+
+def branch_chain(g: Graph, merge: int) -> list[int] | None:
+    """The residual branch that ends at `merge`: its nodes from the merge operand back to the fork."""
+    side = _branch_side(g, merge)
+    return side[0] if side is not None else None
 
 
 def head_point(g: Graph) -> Point | None:
@@ -178,7 +202,7 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
     g = Graph(capture)
     plan = Plan(root=capture.root)
     movers: dict[Point, list[tuple[Site, str]]] = defaultdict(list)
-    kept_at: dict[str, Site] = {}  # producer node -> a dropout that stays there
+    kept_at: dict[str, Site] = {}  # producer node (or "branch:" + merge) -> a dropout that stays there
     for site in analysis.sites:
         if site.node is None or site.opaque or not site.active:
             continue
@@ -199,6 +223,11 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
                     plan.conversions[site.id] = (site, plan.free_name(_new_name(site)), p)
             continue
         movers[target].append((site, rule))
+    # Guideline 1 keeps one dropout per branch: one that stays in a branch (before a StochasticDepth at
+    # its end, in front of its last activation, ...) takes the movers into that branch, as at its point
+    for site in list(kept_at.values()):
+        if site.site is SiteKind.BRANCH_GUIDELINE and site.merge:
+            kept_at.setdefault(f"branch:{site.merge}", site)
     if add_p is not None:
         _add_everywhere(g, plan, movers, kept_at, add_p)
     for point, group in movers.items():
@@ -212,9 +241,16 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
 
 def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[Point | None, str]:
     s = g.index[site.node]
-    if site.id in repeated:
+    # the dropout DC004 keeps in a branch stays only where Guideline 1 puts it; a kept one elsewhere
+    # (in an SE gate, or next to another dropout at P6) moves there with the others (DC004's Fix)
+    kept = site.id not in repeated and site.site is SiteKind.BRANCH_GUIDELINE and \
+        any(site.id in others for others in repeated.values())
+    if site.id in repeated or kept:
         merge = _merge_of(g, s)
-        return (branch_point(g, merge) if merge is not None else None), "DC004"
+        point = branch_point(g, merge) if merge is not None else None
+        if kept and (point is None or point.producer == site.node):
+            return None, ""
+        return point, "DC004"
     rule = _MOVED_BY_KIND.get(site.site, "")
     if not rule:
         return None, ""
@@ -230,7 +266,7 @@ def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[P
 def _settle(point: Point, group: list[tuple[Site, str]], kept_at: dict[str, Site], plan: Plan,
             p_override: float | None) -> None:
     """Movers into one place: one dropout there (an existing one stays), the rest removed."""
-    resident = kept_at.get(point.producer)
+    resident = kept_at.get(point.producer) or (kept_at.get(f"branch:{point.merge}") if point.merge else None)
     plan.removals.extend(site for site, _ in group)
     if resident is not None:
         for site, rule in group:
@@ -252,16 +288,16 @@ def _add_everywhere(g: Graph, plan: Plan, movers: dict[Point, list[tuple[Site, s
                     kept_at: dict[str, Site], p: float) -> None:
     """--add P: guideline dropout in every residual branch and the head that have none."""
     points = []
-    for i, kind in enumerate(g.kinds):
-        if kind == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2:
-            point = branch_point(g, i)
-            if point is not None:
-                points.append(point)
+    for i in residual_merges(g):
+        point = branch_point(g, i)
+        if point is not None:
+            points.append(point)
     head = head_point(g)
     if head is not None:
         points.append(head)
     for point in points:
-        if point in movers or point.producer in kept_at or point in plan.insertions:
+        if point in movers or point.producer in kept_at or point in plan.insertions or \
+                (point.merge and f"branch:{point.merge}" in kept_at):
             continue
         module = plan.free_name(_point_module_name(point))
         plan.insertions[point] = (p, module, False)
@@ -305,17 +341,27 @@ def _apply(graph: fx.Graph, plan: Plan, train_keys: dict[str, tuple[Any, ...]],
         return nodes.get(name) if name else None
 
     for point in plan.insertions:  # insert first: producers may be dropouts that are removed next
-        producer, consumer = find(point.producer), find(point.consumer)
-        if producer is None or consumer is None:
+        producer = find(point.producer)
+        if producer is None:
+            continue
+        if not point.consumer:  # on the producer itself: all its users see the dropout
+            _insert_on_all_uses(graph, producer, plan.insertions[point][1])
+            continue
+        consumer = find(point.consumer)
+        if consumer is None:
             continue
         with graph.inserting_before(consumer):
             new = graph.call_module(plan.insertions[point][1], (producer,))
         consumer.replace_input_with(producer, new)
     for site in plan.removals:
         node = find(site.node or "")
-        if node is not None:
-            node.replace_all_uses_with(_data_input(node))
-            graph.erase_node(node)
+        if node is None:
+            continue
+        if node.target in ops.ATTENTION_FUNCTIONS:  # attention dropout: keep the attention, drop nothing
+            _zero_attention_dropout(node)
+            continue
+        node.replace_all_uses_with(_data_input(node))
+        graph.erase_node(node)
     for site, name, _ in plan.conversions.values():
         node = find(site.node or "")
         if node is not None:
@@ -328,6 +374,23 @@ def _apply(graph: fx.Graph, plan: Plan, train_keys: dict[str, tuple[Any, ...]],
 
 def _data_input(node: fx.Node) -> Any:
     return node.args[0] if node.args else node.kwargs.get("input")
+
+
+def _insert_on_all_uses(graph: fx.Graph, producer: fx.Node, module: str) -> None:
+    users = set(producer.users)
+    if not users:
+        return
+    first = next(n for n in graph.nodes if n in users)  # before the first user: stays after every placeholder
+    with graph.inserting_before(first):
+        new = graph.call_module(module, (producer,))
+    producer.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+
+
+def _zero_attention_dropout(node: fx.Node) -> None:
+    if len(node.args) > 4:
+        node.args = (*node.args[:4], 0.0, *node.args[5:])
+    else:
+        node.kwargs = {**node.kwargs, "dropout_p": 0.0}
 
 
 # --- the fixed model -----------------------------------------------------------------------------
@@ -363,11 +426,15 @@ def _register(root: nn.Module, qualname: str, module: nn.Module) -> None:
 def _move_constants(graph: fx.Graph, gm: fx.GraphModule, root: nn.Module, tag: str) -> dict[str, torch.Tensor]:
     """Tensors the tracer stored on the GraphModule (not on the model) get a per-graph name."""
     out = {}
+    state = {name for name, _ in root.named_parameters()} | {name for name, _ in root.named_buffers()}
     for n in graph.nodes:
         if n.op != "get_attr":
             continue
         try:
             _resolve(root, n.target)
+            if "." in n.target or n.target in state:
+                continue  # a parameter, a buffer, or an attribute of a submodule the fixed model keeps
+            raise AttributeError(n.target)  # fx parks tensor constants on the traced root: not adopted
         except AttributeError:
             new = f"_{tag}_{n.target.replace('.', '_')}"
             out[new] = _resolve(gm, n.target)
