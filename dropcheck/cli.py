@@ -634,11 +634,12 @@ def train_compare(
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", metavar="DIR", show_default=False, help="Where CIFAR lives (default ~/.cache/dropcheck/data).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download CIFAR if it is not in --data-dir.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 128,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=2, help="Images per step (the global batch: under torchrun, split between processes).")] = 128,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD, cosine to 0).")] = 0.1,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = 5e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="SGD weight decay.")] = 5e-4,
     p: Annotated[float | None, typer.Option(
-        "--p", min=0.0, max=0.99, show_default=False,
+        "--p", min=0.01, max=0.99, show_default=False,
         help="Dropout probability for fixed/sweep dropouts (default: the model's own; 0.1 in a sweep).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool | None, typer.Option(
@@ -695,7 +696,13 @@ def _variant_names(variants: str, sweep: str | None) -> list[str]:
     from .variants import parse_variants
 
     if sweep is not None:
-        return ["none", *parse_variants(sweep)]
+        from .variants import SWEEP_POSITIONS
+
+        positions = parse_variants(sweep)
+        if any(name not in SWEEP_POSITIONS for name in positions):
+            raise DropcheckError("usage", f"--sweep takes positions, not {', '.join(n for n in positions if n not in SWEEP_POSITIONS)}",
+                                 f"choose from {', '.join(SWEEP_POSITIONS)}; the sweep adds 'none' itself")
+        return ["none", *positions]
     return parse_variants(variants)
 
 
@@ -768,6 +775,8 @@ def _train(err: Console, world: Any, verbose: bool, run: Callable[[Any, Any], An
             save(comparison)
         return comparison
     except KeyboardInterrupt:
+        if not world.leader:
+            raise typer.Exit(130) from None
         done = progress.runs_done
         kept = f"; {done} finished run(s) kept in {output}: continue with --resume" if output and done else (
             "; pass --output FILE.json to keep finished runs" if not output else "")

@@ -49,6 +49,7 @@ class Comparison:
     variants: list[dict[str, Any]]  # Variant.to_dict() of each, in order
     baseline: str
     runs: list[RunResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # variants left out, and why
 
     @property
     def variant_names(self) -> list[str]:
@@ -95,12 +96,13 @@ class Comparison:
         return {"target": self.target, "settings": self.settings, "baseline": self.baseline,
                 "variants": self.variants, "complete": self.complete,
                 "runs_done": len(self.runs), "runs_total": self.total_runs,
-                "summary": rows, "runs": [r.to_dict() for r in self.runs], "markdown": self.markdown()}
+                "summary": rows, "runs": [r.to_dict() for r in self.runs], "notes": list(self.notes),
+                "markdown": self.markdown()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:
         return cls(target=d["target"], settings=d["settings"], variants=d["variants"], baseline=d["baseline"],
-                   runs=[RunResult.from_dict(r) for r in d["runs"]])
+                   runs=[RunResult.from_dict(r) for r in d["runs"]], notes=list(d.get("notes", [])))
 
     def markdown(self) -> str:
         """The paper's Table 1 form: accuracy (mean ± std over seeds) and the paired difference."""

@@ -154,8 +154,8 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise DropcheckError("data", "--data digits needs scikit-learn, which is not installed",
-                             "pip install 'dropcheck[data]'") from exc
+        raise DropcheckError("data", "the digits data set needs scikit-learn, which is not installed",
+                             "pip install scikit-learn") from exc
     digits = load_digits()
     images = torch.as_tensor(digits.images, dtype=torch.float32) / 16.0  # pixel values are 0..16
     images = (images - images.mean()) / images.std()

@@ -47,7 +47,10 @@ def start(world: World, device: torch.device) -> torch.device:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from datetime import timedelta
+
+        # a rank that fails makes torchrun stop the others; the timeout bounds any wait that remains
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
     return device
 
 
@@ -89,3 +92,14 @@ def batch_order(world: World, shares: list[torch.Tensor]) -> torch.Tensor:
     blocks = [torch.empty_like(mine) for _ in range(world.size)]
     dist.all_gather(blocks, mine)
     return torch.stack(blocks, dim=1).reshape(-1)
+
+
+def broadcast_buffers(world: World, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank, so all evaluate one model.
+
+    DDP syncs buffers at the start of each forward, so after the last step they still differ."""
+    if world.distributed:
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)

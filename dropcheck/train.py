@@ -17,7 +17,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .comparison import Comparison, RunResult
-from .distributed import World, batch_order, sum_across
+from .distributed import World, batch_order, broadcast_buffers, sum_across
 from .records import DropcheckError
 from .train_data import TrainData, steps_per_epoch, test_batches, train_batches
 
@@ -79,54 +79,27 @@ def train_run(model: nn.Module, name: str, state: dict[str, torch.Tensor], data:
     listener = listener or Listener()
     model = copy.deepcopy(model)
     model.load_state_dict(state)
+    init_sha = state_fingerprint(model.state_dict())  # what this variant really starts from
     model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
-    init_sha = state_fingerprint(state)
-    _seed_everything(seed)
+    # dropout masks: the same for every variant of a seed, different on every DDP rank
+    torch.manual_seed(seed * 1_000_003 + world.rank)
     net = _wrap(model, device, world, recipe)
     per_epoch = steps_per_epoch(data, recipe.batch_size)
-    if per_epoch < 1:
-        raise DropcheckError("usage", f"--batch-size {recipe.batch_size} is larger than the training set "
-                             f"({len(data.train_y)} images)", "use a smaller --batch-size")
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0,
-                          weight_decay=recipe.weight_decay)
-    total = per_epoch * recipe.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-    amp_dtype = _amp_dtype(device) if recipe.amp else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    step = _Optimiser(model, recipe, per_epoch * recipe.epochs, device)
     order = hashlib.sha256()
     records: list[dict[str, float]] = []
     status, train_seconds, started = "done", 0.0, time.perf_counter()
     listener.run_started(name, seed, recipe.epochs, per_epoch)
     for epoch in range(recipe.epochs):
-        net.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, samples
-        seen = []
-        for x, y, idx in train_batches(data, recipe.batch_size, seed, epoch, world.rank, world.size):
-            if recipe.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = net(x)
-                loss = nn.functional.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            with torch.no_grad():  # accumulated on the device: no host sync per step
-                sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
-                                     torch.tensor(len(y), device=device, dtype=torch.float64)])
-            seen.append(idx)
-            listener.step_done()
-        order.update(batch_order(world, seen).cpu().numpy().tobytes())
-        loss_sum, correct, count = sum_across(world, sums).tolist()
+        t0, lr = time.perf_counter(), step.lr
+        loss_sum, correct, count = _train_epoch(net, step, data, recipe, seed, epoch, world, order, listener)
         train_seconds += time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, data, recipe.batch_size, world, amp_dtype)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / count,
-                  "train_acc": 100.0 * correct / count, "test_loss": test_loss, "test_acc": test_acc,
-                  "seconds": time.perf_counter() - t0}
+        broadcast_buffers(world, model)  # BatchNorm running statistics: rank 0's, on every rank
+        test_loss, test_acc = evaluate(model, data, recipe.batch_size, world, step.amp_dtype)
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count, "train_acc": 100.0 * correct / count,
+                  "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - t0}
         records.append(record)
         listener.epoch_done(name, seed, record)
         if not math.isfinite(record["train_loss"]):
@@ -134,11 +107,74 @@ def train_run(model: nn.Module, name: str, state: dict[str, torch.Tensor], data:
             break
     accs = [r["test_acc"] for r in records]
     best = max(range(len(accs)), key=lambda i: accs[i])
-    images = len(data.train_y) // recipe.batch_size * recipe.batch_size * len(records)
+    images = per_epoch * recipe.batch_size * len(records)
     return RunResult(variant=name, seed=seed, status=status, epochs=tuple(records), final_acc=accs[-1],
                      best_acc=accs[best], best_epoch=best + 1, seconds=time.perf_counter() - started,
                      images_per_s=images / train_seconds if train_seconds > 0 else 0.0,
                      init_sha=init_sha, order_sha=order.hexdigest()[:16])
+
+
+class _Optimiser:
+    """SGD (Nesterov) with a per-step cosine schedule, and gradient scaling for float16 autocast."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, total_steps: int, device: torch.device) -> None:
+        self.opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                   nesterov=recipe.momentum > 0, weight_decay=recipe.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps)))
+        self.amp_dtype = _amp_dtype(device) if recipe.amp else None
+        self.scaler = _grad_scaler(device, enabled=self.amp_dtype is torch.float16)
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+
+
+def _train_epoch(net: nn.Module, step: _Optimiser, data: TrainData, recipe: Recipe, seed: int, epoch: int,
+                 world: World, order: Any, listener: Listener) -> tuple[float, float, int]:
+    """One epoch; returns (loss sum, correct, samples) over all ranks. Folds the batches into `order`."""
+    net.train()
+    device = data.device
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct
+    inputs = torch.zeros(1, device=device, dtype=torch.int64)  # fingerprint of the augmented inputs
+    count, seen = 0, []
+    amp = step.amp_dtype
+    for x, y, idx in train_batches(data, recipe.batch_size, seed, epoch, world.rank, world.size):
+        inputs += input_fingerprint(x)
+        if recipe.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = net(x)
+            loss = nn.functional.cross_entropy(out, y)
+        step(loss)
+        with torch.no_grad():  # accumulated on the device: no host sync per step
+            sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double()])
+        count += len(y)
+        seen.append(idx)
+        listener.step_done()
+    loss_sum, correct = sum_across(world, sums).tolist()
+    count_all, fingerprint = sum_across(world, torch.cat([inputs.new_tensor([count]), inputs])).tolist()
+    # the batch order, and the augmented inputs: equal for every variant of a seed
+    order.update(batch_order(world, seen).cpu().numpy().tobytes())
+    order.update(str(fingerprint).encode())
+    return loss_sum, correct, int(count_all)
+
+
+def input_fingerprint(x: torch.Tensor) -> torch.Tensor:
+    """An exact, order-free checksum of a float32 batch: its bit patterns weighted by column.
+
+    Integer sums are associative, so DDP ranks' shares add up to the single-process value; the
+    weights make a mirrored image count differently from the original."""
+    bits = x.detach().float().view(torch.int32).to(torch.int64)
+    weights = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=torch.int64)
+    return (bits * weights).sum().reshape(1)
 
 
 @torch.no_grad()
@@ -148,17 +184,19 @@ def evaluate(model: nn.Module, data: TrainData, batch_size: int, world: World = 
     was_training = model.training
     model.eval()
     device = data.test_x.device
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
+    count = 0
     try:
         for x, y in test_batches(data, batch_size, world.rank, world.size):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(x)
             loss = nn.functional.cross_entropy(out.float(), y, reduction="sum")
-            sums += torch.stack([loss.double(), (out.argmax(1) == y).sum().double(),
-                                 torch.tensor(len(y), device=device, dtype=torch.float64)])
+            sums += torch.stack([loss.double(), (out.argmax(1) == y).sum().double()])
+            count += len(y)
     finally:
         model.train(was_training)
-    loss_sum, correct, count = sum_across(world, sums).tolist()
+    totals = sum_across(world, torch.cat([sums, torch.tensor([count], device=device, dtype=torch.float64)]))
+    loss_sum, correct, count = totals.tolist()
     return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
 
 
@@ -185,8 +223,10 @@ def check_pairing(comparison: Comparison) -> list[str]:
     return problems
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)  # dropout masks; CUDA generators too
+def _grad_scaler(device: torch.device, enabled: bool) -> Any:
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -229,22 +269,28 @@ def default_epochs(dataset: str) -> int:
 
 
 def validate_outputs(model: nn.Module, data: TrainData, device: torch.device) -> None:
-    """The model must map a batch of the data to one logit per class."""
+    """The model must map a batch of the data to one logit per class, in train and in eval mode."""
     x = data.train_x[:2].to(device)
-    model = copy.deepcopy(model).to(device).eval()
-    with torch.no_grad():
-        try:
-            out = model(x)
-        except Exception as exc:  # noqa: BLE001 - the user's forward; reported as one line
-            raise DropcheckError("data", f"the model fails on {data.name} inputs of shape {tuple(x.shape)}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                                 "check --input-shape against what the model expects") from exc
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DropcheckError("data", f"the model's output is {shape}, but {data.name} has {data.num_classes} "
-                             "classes", f"build it with {data.num_classes} outputs, e.g. -a num_classes="
-                             f"{data.num_classes}")
+    model = copy.deepcopy(model).to(device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for mode in ("train", "eval"):
+            model.train(mode == "train")
+            try:
+                out = model(x)
+            except Exception as exc:  # noqa: BLE001 - the user's forward; reported as one line
+                raise DropcheckError("data", f"the model fails on {data.name} inputs of shape {tuple(x.shape)} "
+                                     f"in {mode} mode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                                     "check --input-shape against what the model expects") from exc
+            _check_logits(out, data, mode)
 
 
-def seeds_done(comparison: Comparison) -> Sequence[int]:
-    return sorted({r.seed for r in comparison.runs})
+def _check_logits(out: Any, data: TrainData, mode: str) -> None:
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] == data.num_classes:
+        return
+    if isinstance(out, torch.Tensor) and out.dim() == 2:
+        raise DropcheckError("data", f"the model's output is {tuple(out.shape)}, but {data.name} has "
+                             f"{data.num_classes} classes", f"build it with {data.num_classes} outputs, e.g. "
+                             f"-a num_classes={data.num_classes}")
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    raise DropcheckError("data", f"the model returns {shape} in {mode} mode; train-compare needs (N, classes) logits",
+                         "wrap the model so forward returns the class logits only (e.g. no auxiliary outputs)")

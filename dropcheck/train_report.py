@@ -163,7 +163,10 @@ def _ms(s: Any) -> str:
 
 
 def _footer(comparison: Comparison) -> list[str]:
-    lines = []
+    lines = list(comparison.notes)
+    diverged = [f"{r.variant} seed {r.seed}" for r in comparison.runs if r.status == "diverged"]
+    if diverged:
+        lines.append(f"diverged (loss not finite; counted with the accuracy it had): {', '.join(diverged)}")
     if not comparison.complete:
         lines.append(f"incomplete: {len(comparison.runs)} of {comparison.total_runs} runs")
     problems = check_pairing(comparison)

@@ -11,8 +11,9 @@ from dropcheck.comparison import Comparison, RunResult, same_settings
 from dropcheck.distributed import World
 from dropcheck.load import load_target
 from dropcheck.pipeline import train_compare_target
-from dropcheck.train import Listener, Recipe, check_pairing, seeds_from, state_fingerprint, train_run
-from dropcheck.train_data import load_train_data, train_batches
+from dropcheck.train import (Listener, Recipe, check_pairing, input_fingerprint, seeds_from, state_fingerprint,
+                             train_run)
+from dropcheck.train_data import load_train_data
 from dropcheck.records import DropcheckError
 
 EXAMPLE = "examples/preresnet.py"
@@ -54,24 +55,42 @@ def test_each_seed_s_variants_start_from_the_same_weights_and_see_the_same_batch
     assert paired.run("original", 0).order_sha != paired.run("original", 1).order_sha
 
 
-def test_initial_weights_are_the_model_s_own_initialisation_drawn_from_the_seed() -> None:
-    torch.manual_seed(1)
-    again = load_target(EXAMPLE, {"position": "P3"}, SMALL, weights=True).model.state_dict()
-    run = _compare(["original"], [1])
-    assert run.runs[0].init_sha == state_fingerprint(again)
+def test_initial_weights_are_the_model_s_own_initialisation_drawn_from_each_seed(paired: Comparison) -> None:
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        again = load_target(EXAMPLE, {"position": "P3"}, SMALL, weights=True).model.state_dict()
+        assert paired.run("original", seed).init_sha == state_fingerprint(again)
 
 
-def test_the_batch_order_hash_is_the_hash_of_the_batches_train_data_serves() -> None:
-    import hashlib
+def test_pairing_check_names_a_seed_whose_variants_differ(paired: Comparison) -> None:
+    broken = Comparison.from_dict(paired.to_dict())
+    run = broken.run("fixed", 1)
+    broken.runs[broken.runs.index(run)] = RunResult.from_dict({**run.to_dict(), "order_sha": "0" * 16})
+    assert check_pairing(broken) == ["seed 1: variants differ in batch order"]
+
+
+def _order_sha(data: object, model: torch.nn.Module) -> str:
+    return train_run(model, "original", model.state_dict(), data, Recipe(epochs=1, batch_size=64), 0,
+                     torch.device("cpu")).order_sha
+
+
+def test_the_batch_order_hash_covers_the_order_and_the_augmentation() -> None:
+    from dataclasses import replace
 
     data = load_train_data("fake", SMALL)
-    h = hashlib.sha256()
-    for epoch in range(2):
-        h.update(torch.cat([idx for _, _, idx in train_batches(data, 64, 0, epoch)]).numpy().tobytes())
     model = load_target(EXAMPLE, {"position": "P3"}, SMALL, weights=True).model
-    result = train_run(model, "original", model.state_dict(), data, Recipe(epochs=2, batch_size=64), 0,
-                       torch.device("cpu"))
-    assert result.order_sha == h.hexdigest()[:16]
+    first = _order_sha(data, model)
+    assert _order_sha(data, model) == first  # the same batches: the same hash
+    assert _order_sha(replace(data, augment="crop+flip"), model) != first  # same order, other augmentation
+    assert _order_sha(replace(data, augment="none"), model) != first
+    shuffled = replace(data, train_y=data.train_y.roll(1), train_x=data.train_x.roll(1, 0))
+    assert _order_sha(shuffled, model) != first
+
+
+def test_input_fingerprint_sees_a_mirror_and_adds_up_over_shares() -> None:
+    x = torch.randn(8, 3, 4, 4)
+    assert input_fingerprint(x) != input_fingerprint(x.flip(-1))
+    assert input_fingerprint(x) == input_fingerprint(x[:3]) + input_fingerprint(x[3:])
 
 
 def test_a_run_records_every_epoch_and_learns(paired: Comparison) -> None:
