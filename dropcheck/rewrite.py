@@ -415,7 +415,18 @@ def build_fixed(capture: Capture, plan: Plan) -> FixedModel:
         _apply(graph, plan, train_keys, _node_keys(graph, owners))
         constants.update(_move_constants(graph, gm, root, tag))
         graphs.append(graph)
+    _retire_removed(root, plan, graphs)
     return make_fixed_model(root, graphs[0], graphs[1], constants)
+
+
+def _retire_removed(root: nn.Module, plan: Plan, graphs: list[fx.Graph]) -> None:
+    """A removed dropout module that no graph calls any more becomes nn.Identity: it holds no state (the
+    state_dict is unchanged), the module tree keeps its shape, and a re-audit sees no unused dropout."""
+    called = {str(n.target) for g in graphs for n in g.nodes if n.op == "call_module"}
+    for site in plan.removals:
+        name = site.module if site.op not in _MODULE_FOR_FUNCTION else None
+        if name and name not in called and ops.is_dropout_module(root.get_submodule(name)):
+            _register(root, name, nn.Identity())
 
 
 def _register(root: nn.Module, qualname: str, module: nn.Module) -> None:

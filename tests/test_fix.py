@@ -216,3 +216,28 @@ def test_tracer_constants_follow_the_fixed_model_to_another_dtype_or_device() ->
     assert all(v.dtype == torch.float64 for v in moved._constants.values())
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     assert moved.eval()(x).dtype == torch.float64
+
+
+class _TwoDropsInABranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn1, self.bn2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.drop_a, self.drop_b = nn.Dropout(0.2), nn.Dropout(0.1)  # P3 (DC001) and P6 (kept)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        out = self.conv1(self.drop_a(F.relu(self.bn1(x))))
+        out = self.conv2(self.drop_b(F.relu(self.bn2(out))))
+        return self.head(out + x)
+
+
+def test_a_removed_dropout_module_becomes_identity_so_the_re_audit_sees_no_unused_dropout() -> None:
+    model = _TwoDropsInABranch().eval()
+    result = dropcheck.fix(model, torch.randn(2, 3, 8, 8))
+    assert [(c.action, c.dropout) for c in result.changes] == [("remove", "drop_a")]
+    assert isinstance(result.model.drop_a, nn.Identity) and isinstance(model.drop_a, nn.Dropout)
+    again = dropcheck.audit(result.model, torch.randn(2, 3, 8, 8))
+    assert not again.findings
+    assert result.model.state_dict().keys() == model.state_dict().keys()
