@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -168,40 +169,54 @@ def _trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
     return error
 
 
-def _trace_both_modes(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, DropcheckTracer,
-                                                tuple[fx.GraphModule, DropcheckTracer] | None, str, tuple]:
-    """Trace in train mode with the plain tracer, then the zoo-aware one; then eval mode likewise."""
-    leaves, functions = _zoo_tracer_config()
-    attempts = [("symbolic_trace", (), [])]
-    if leaves or functions:
-        attempts.append(("zoo-aware", leaves, functions))
+@contextmanager
+def _restored(root: nn.Module) -> Iterator[None]:
+    """Tracing flips train/eval and fx parks tensor constants on the root: undo both afterwards."""
     flags = {m: m.training for m in root.modules()}
-    attributes = set(root.__dict__)  # fx parks tensor constants on the root it traces
-    error: DropcheckError | None = None
+    attributes = set(root.__dict__)
     try:
-        for method, extra, fns in attempts:
-            root.train()
-            tracer = DropcheckTracer(extra, fns)
-            try:
-                train_gm = _trace(root, tracer, n_inputs=n_inputs)
-            except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-                error = error or _trace_error(root, exc)
-                continue
-            root.eval()
-            eval_tracer = DropcheckTracer(extra, fns)
-            try:
-                evaluated: tuple[fx.GraphModule, DropcheckTracer] | None = (
-                    _trace(root, eval_tracer, n_inputs=n_inputs), eval_tracer)
-            except Exception:  # noqa: BLE001 - eval-only failure: DC006 cannot be checked
-                evaluated = None
-            return train_gm, tracer, evaluated, method, extra
+        yield
     finally:
         for m, flag in flags.items():
             m.training = flag
         for name in set(root.__dict__) - attributes:  # the GraphModules keep their own references
             delattr(root, name)
+
+
+def _trace_train(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, DropcheckTracer, str, tuple, list]:
+    """Trace in train mode with the plain tracer, then, if that fails, the zoo-aware one."""
+    leaves, functions = _zoo_tracer_config()
+    attempts = [("symbolic_trace", (), [])]
+    if leaves or functions:
+        attempts.append(("zoo-aware", leaves, functions))
+    error: DropcheckError | None = None
+    with _restored(root):
+        for method, extra, fns in attempts:
+            root.train()
+            tracer = DropcheckTracer(extra, fns)
+            try:
+                return _trace(root, tracer, n_inputs=n_inputs), tracer, method, extra, fns
+            except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+                error = error or _trace_error(root, exc)
     assert error is not None
     raise error
+
+
+def _trace_eval(root: nn.Module, n_inputs: int, extra: tuple, fns: list) -> tuple[fx.GraphModule, DropcheckTracer] | None:
+    """The eval-mode graph, traced the way the train graph was; None if only eval mode fails."""
+    with _restored(root):
+        root.eval()
+        tracer = DropcheckTracer(extra, fns)
+        try:
+            return _trace(root, tracer, n_inputs=n_inputs), tracer
+        except Exception:  # noqa: BLE001 - eval-only failure: DC006 cannot be checked
+            return None
+
+
+def _calls_functional_dropout(gm: fx.GraphModule, inlined: dict[str, Inlined]) -> bool:
+    """Whether any graph calls dropout as a function: only those can stay on in eval mode (DC006)."""
+    return any(n.op == "call_function" and (ops.is_dropout_function(n.target) or n.target in ops.ATTENTION_FUNCTIONS)
+               for g in [gm, *(i.gm for i in inlined.values())] for n in g.graph.nodes)
 
 
 # --- inlining opaque leaves ----------------------------------------------------------------------
@@ -250,19 +265,24 @@ def _holds_node(value: Any) -> bool:
 
 # --- the public entry point ----------------------------------------------------------------------
 
-def capture_graph(target: Target) -> Capture:
-    """Trace the target's model in train and eval mode, inline opaque leaves, propagate shapes."""
+def capture_graph(target: Target, eval_graph: bool = True) -> Capture:
+    """Trace the target's model in train and eval mode, inline opaque leaves, propagate shapes.
+
+    With `eval_graph=False` (audit, measure) the eval-mode trace runs only where it can change a
+    verdict: when some graph calls dropout as a function (DC006). fix needs it always.
+    """
     root = target.model
     if not isinstance(root, nn.Module):
         raise DropcheckError("load", f"{target.spec} is a {type(root).__name__}, not an nn.Module",
                              "audit() takes an nn.Module")
     mode, inputs = shape_mode(target)  # before tracing: a GraphModule keeps references to parameters
-    train_gm, tracer, evaluated, method, extra = _trace_both_modes(root, len(inputs))
-    _, fns = _zoo_tracer_config() if method == "zoo-aware" else ((), [])
+    train_gm, tracer, method, extra, fns = _trace_train(root, len(inputs))
 
     inlined: dict[str, Inlined] = {}
     opaque: list[OpaqueRegion] = []
     _inline_leaves(train_gm, "", extra, fns, inlined, opaque, depth=0)
+    wanted = eval_graph or _calls_functional_dropout(train_gm, inlined)
+    evaluated = _trace_eval(root, len(inputs), extra, fns) if wanted else None
     shapes = propagate_shapes(train_gm, inputs, mode, inlined)
     nodes, outputs = build_flow_graph(train_gm, tracer, inlined, shapes)
     live = _eval_live_dropouts(evaluated, root, train_gm, inlined, extra, fns) if evaluated else []
@@ -270,7 +290,7 @@ def capture_graph(target: Target) -> Capture:
                       nodes=nodes, outputs=outputs, eval_live_dropouts=live, method=method,
                       device="meta" if mode == "meta" else "cpu", opaque=opaque, declared=dict(target.declared_at),
                       owners=dict(tracer.owners), eval_owners=dict(evaluated[1].owners) if evaluated else {})
-    if evaluated is None:
+    if wanted and evaluated is None:
         capture.notes.append("the eval-mode trace failed, so always-on dropout (DC006) was not checked")
     return capture
 

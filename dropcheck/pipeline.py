@@ -44,7 +44,7 @@ def audit_loaded(target: Target, enabled: frozenset[str] | None = None, ignores:
     from .suppress import apply_ignores
 
     started = time.perf_counter()
-    capture = capture_graph(target)
+    capture = capture_graph(target, eval_graph=False)
     analysis = find_sites(capture)
     rules = {r.code: r for r in load_rules()}
     report = _report(target, capture, analysis, run_rules(analysis.sites, rules, enabled))
@@ -98,7 +98,7 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
         # one capture of the fixed model serves the re-audit and the second fix; no ignore comments
         # apply: the fix must leave nothing behind, silenced or not
         again = Target(spec=target.spec, model=model, example_input=target.example_input, origin="api")
-        second = capture_graph(again)
+        second = capture_graph(again, eval_graph=False)
         second_analysis = find_sites(second)
         rules = {r.code: r for r in load_rules()}
         report = _report(again, second, second_analysis, run_rules(second_analysis.sites, rules))
@@ -152,7 +152,7 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
                           ("cpu" if device == "auto" else device))
     if run_on.type == "cuda" and not torch.cuda.is_available():
         raise DropcheckError("usage", "--device cuda but no CUDA device is available", "use --device auto or cpu")
-    capture = capture_graph(target)
+    capture = capture_graph(target, eval_graph=False)
     analysis = find_sites(capture)
     shape = tuple(target.input_shape)[1:]
 

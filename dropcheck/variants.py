@@ -119,7 +119,7 @@ def _summary(positions: list[str]) -> str:
 
 def _audit(target: Target, model: nn.Module) -> Analysis:
     again = Target(spec=target.spec, model=model, example_input=target.example_input, origin="api")
-    return find_sites(capture_graph(again))
+    return find_sites(capture_graph(again, eval_graph=False))
 
 
 def _fixed(target: Target, p: float | None) -> Variant:
