@@ -85,7 +85,9 @@ class Comparison:
         seeds = [s for s in self.seeds if s in mine and s in base]
         if not seeds:
             return None
-        return paired_difference([mine[s] for s in seeds], [base[s] for s in seeds])
+        test_size = self.settings.get("dataset", {}).get("test_size")
+        resolution = 100.0 / test_size if test_size else 0.0  # accuracy moves in steps of one test image
+        return paired_difference([mine[s] for s in seeds], [base[s] for s in seeds], resolution=resolution)
 
     def to_dict(self) -> dict[str, Any]:
         rows = {}

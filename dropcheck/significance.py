@@ -60,8 +60,15 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(n, mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)))
 
 
-def paired_difference(treatment: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> PairedDifference:
-    """Compare two variants trained on the same seeds; values are paired by position."""
+def paired_difference(treatment: Sequence[float], baseline: Sequence[float], level: float = 0.95,
+                      resolution: float = 0.0) -> PairedDifference:
+    """Compare two variants trained on the same seeds; values are paired by position.
+
+    `resolution` is the step the values are measured in (an accuracy on 360 test images moves in
+    steps of 100/360 %). Each value is then known to within ±resolution/2, so a difference carries
+    at least the rounding variance resolution²/6 (two uniform errors); it is added to the sample
+    variance, so three seeds that each differ by exactly one test image do not read as certainty.
+    """
     if len(treatment) != len(baseline):
         raise ValueError(f"paired values need equal lengths, got {len(treatment)} and {len(baseline)}")
     if not treatment:
@@ -71,7 +78,8 @@ def paired_difference(treatment: Sequence[float], baseline: Sequence[float], lev
     diff = summarize([float(t) - float(b) for t, b in zip(treatment, baseline)])
     if diff.std is None:
         return PairedDifference(diff.n, diff.mean, None, None, None, level, "too few seeds")
-    half_width = t_quantile((1.0 + level) / 2.0, diff.n - 1) * diff.std / math.sqrt(diff.n)
+    spread = math.sqrt(diff.std ** 2 + resolution ** 2 / 6.0)
+    half_width = t_quantile((1.0 + level) / 2.0, diff.n - 1) * spread / math.sqrt(diff.n)
     low, high = diff.mean - half_width, diff.mean + half_width
     verdict = "better" if low > 0 else "worse" if high < 0 else "no detectable difference"
     return PairedDifference(diff.n, diff.mean, diff.std, low, high, level, verdict)

@@ -173,11 +173,11 @@ def _footer(comparison: Comparison) -> list[str]:
     lines.append("pairing: " + ("; ".join(problems) if problems else
                                 "every seed's variants started from the same weights and saw the same batches"))
     lines.append("* follows the guidelines. Difference: variant minus baseline, final accuracy, paired by seed, "
-                 "95% Student-t interval.")
+                 "95% Student-t interval widened by the rounding to whole test images.")
     test_size = comparison.settings["dataset"].get("test_size")
     if test_size:
-        lines.append(f"One test image is {100 / test_size:.2f}% of this test set: differences below a few "
-                     "images show the machinery, not a gain.")
+        lines.append(f"One test image is {100 / test_size:.2f}% of this test set: differences of a few images "
+                     "show the machinery, not a gain.")
     return lines
 
 

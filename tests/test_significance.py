@@ -159,3 +159,15 @@ def test_paired_difference_rejects_mismatched_or_empty_input(treatment, baseline
 def test_paired_difference_rejects_level_outside_zero_one(level):
     with pytest.raises(ValueError):
         paired_difference([1.0, 2.0], [0.0, 0.5], level=level)
+
+
+def test_resolution_keeps_identical_one_image_differences_from_reading_as_certain() -> None:
+    step = 100 / 360  # one digits test image
+    base = [99.72, 99.44, 99.44]
+    three = paired_difference([b - step for b in base], base, resolution=step)
+    assert three.std == pytest.approx(0.0, abs=1e-12)
+    half = t_quantile(0.975, 2) * step / math.sqrt(6) / math.sqrt(3)
+    assert three.high == pytest.approx(-step + half) and three.verdict == "no detectable difference"
+    assert paired_difference([b - step for b in base], base).verdict == "worse"  # no resolution: "certain"
+    five = paired_difference([b - step for b in base + base[:2]], base + base[:2], resolution=step)
+    assert five.verdict == "worse"  # the same one image in five seeds out of five is evidence
