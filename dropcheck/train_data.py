@@ -127,14 +127,20 @@ test_batches.__test__ = False  # not collected by pytest where a test module imp
 def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
     """Each image of x (B, C, H, W) cropped at (dy[i], dx[i]) from its reflect-padded copy, mirrored where flip[i].
 
-    Vectorised: per-sample row indices, then column indices (the flip folded in), as two gathers.
+    Vectorised and without the padded copy: each output pixel's source row and column are computed
+    (reflected at the border, the flip folded into the columns) and fetched with one gather.
     """
     (b, c, h, w), device = x.shape, x.device
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     cols = torch.arange(w, device=device)
-    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
-    cols = (dx[:, None] + torch.where(flip[:, None], cols.flip(0), cols))[:, None, None, :].expand(b, c, h, w)
-    return padded.gather(2, rows).gather(3, cols)
+    rows = _reflect(dy[:, None] - pad + torch.arange(h, device=device), h)  # (B, H)
+    cols = _reflect(dx[:, None] - pad + torch.where(flip[:, None], cols.flip(0), cols), w)  # (B, W)
+    source = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, source).view(b, c, h, w)
+
+
+def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
+    """Index i of a reflect-padded axis (-size < i < 2 size - 1) -> the source index in [0, size)."""
+    return (size - 1) - ((size - 1) - i.abs()).abs()
 
 
 def _pad(shape: tuple[int, ...]) -> int:
