@@ -130,8 +130,10 @@ class Graph:
         shape = self.nodes[i].shape
         if shape is None:
             return False
-        # (N, C, spatial...) with room left to pool; for 3-D (tokens N, L, D or N, C, L) both must exceed 1
-        return len(shape) >= 3 and _prod(shape[2:]) > 1 and (len(shape) > 3 or shape[1] > 1)
+        # room left to pool: two or more non-batch dims above 1 ((N, C, H, W), tokens (N, L, D)). Counting
+        # dims keeps a pooled (N, C, 1, 1) pooled when it is permuted to (N, 1, 1, C) for a channels-last
+        # LayerNorm, as timm's ConvNeXt and MaxViT heads do
+        return len(shape) >= 3 and _extent(shape) >= 2
 
     def _final_pools(self) -> list[int]:
         """Global pools after which the data never becomes spatial again (not SE or norm statistics)."""
@@ -152,7 +154,7 @@ class Graph:
         before = ins[0]
         if not self._spatial(self.inputs[i][0]):
             return False
-        return _prod(out[1:]) < _prod(before[1:]) and (len(out) <= 2 or _prod(out[2:]) == 1)
+        return _prod(out[1:]) < _prod(before[1:]) and _extent(out) <= 1  # (N, C), (N, C, 1, 1), (N, 1, 1, C)
 
     def _feeds_final_pool(self, bn: int) -> bool:
         stop = {WEIGHT, BN, ADD, CONCAT}
@@ -247,6 +249,11 @@ class Graph:
             return str(n.target)
         base = n.name.rsplit("::", 1)[-1]
         return f"{n.owner}/{base}" if n.owner else f"/{base}"
+
+
+def _extent(shape: tuple[int, ...]) -> int:
+    """How many non-batch dims hold more than one element."""
+    return sum(1 for d in shape[1:] if d > 1)
 
 
 def _prod(dims: Iterable[int]) -> int:

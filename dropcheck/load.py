@@ -37,7 +37,8 @@ def load_target(spec: str, model_args: dict[str, Any] | None = None,
     kwargs = dict(model_args or {})
     kind, factory, default_shape, label = _resolve(spec, kwargs)
     model, device, declared = _build(factory, kwargs, label, ("cpu",) if weights else ("meta", "cpu"))
-    shape = tuple(input_shape) if input_shape else (_declared_shape(model) or default_shape or DEFAULT_INPUT_SHAPE)
+    shape = tuple(input_shape) if input_shape else (
+        _declared_shape(model, kind) or default_shape or DEFAULT_INPUT_SHAPE)
     example = torch.randn(*shape, device=device) if device == "cpu" else torch.empty(*shape, device=device)
     return Target(spec=spec, model=model, example_input=example, origin=kind, declared_at=declared)
 
@@ -292,10 +293,15 @@ def _device_of(model: nn.Module, wanted: str) -> str:
     return wanted
 
 
-def _declared_shape(model: nn.Module) -> tuple[int, ...] | None:
+def _declared_shape(model: nn.Module, origin: str) -> tuple[int, ...] | None:
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) for d in shape):
         return tuple(shape)
+    size = getattr(model, "image_size", None)
+    if origin == "torchvision" and isinstance(size, int):
+        # the size the model was built for beats its weights' crop size, which describes the model
+        # built *with* those weights: vit_h_14's default weights make it 518x518, weights=None 224x224
+        return (1, 3, size, size)
     return None
 
 

@@ -53,6 +53,14 @@ def test_inception_v3_default_input_is_299_from_its_weights_metadata() -> None:
     assert report.input_shape == [1, 3, 299, 299]
 
 
+def test_torchvision_vit_h_14_default_input_is_the_size_it_was_built_for() -> None:
+    # its default weights (SWAG E2E) make a 518x518 model and crop 518, but weights=None builds
+    # VisionTransformer(image_size=224), whose forward asserts the input size (benchmarks/zoo.py found it)
+    report = _audit("torchvision:vit_h_14")
+    assert report.input_shape == [1, 3, 224, 224]
+    assert _audit("torchvision:vit_h_14", image_size=518).input_shape == [1, 3, 518, 518]
+
+
 def test_efficientnet_stochastic_depth_is_reported_apart_from_dropout() -> None:
     # MBConv blocks with a residual apply StochasticDepth before the add
     report = _audit("torchvision:efficientnet_b0", (1, 3, 64, 64))
@@ -112,6 +120,16 @@ def test_timm_efficientnet_b0_head_dropout_and_drop_path() -> None:
     report = _audit("timm:efficientnet_b0", (1, 3, 64, 64), drop_rate=0.2, drop_path_rate=0.1)
     assert _findings(report) == {("DC002", "/dropout")}
     assert report.stochastic_depth and {s.op for s in report.stochastic_depth} == {"DropPath"}
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "maxvit_tiny_tf_224"])
+def test_timm_norm_mlp_head_dropout_after_global_pool_through_channels_last_layernorm(name: str) -> None:
+    # NormMlpClassifierHead: global_pool -> LayerNorm2d (permute to (N, 1, 1, C), layer_norm, permute back)
+    # -> flatten -> pre_logits -> drop -> fc: the permuted (1, 1, 1, 768) is still a pooled vector
+    report = _audit(f"timm:{name}", None if name.startswith("maxvit") else (1, 3, 64, 64), drop_rate=0.2)
+    site = next(s for s in report.dropouts if s.id == "head.drop")
+    assert (site.site.value, site.paper_position) == ("head.post_gap", "H5")
+    assert _findings(report) == {("DC002", "head.drop")}
 
 
 def test_timm_vit_attention_dropout_is_gated_and_no_batchnorm() -> None:
