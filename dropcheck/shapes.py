@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from . import ops
@@ -69,6 +70,10 @@ class _ShapeRecorder(fx.Interpreter):
         if ops.is_batchnorm_module(m) and next(iter(m.children()), None) is None:
             _check_channels(m, args[0])
             return args[0]
+        if _all_meta(args):
+            known = _meta_module_output(m, args, kwargs)
+            if known is not None:
+                return known
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -77,6 +82,8 @@ class _ShapeRecorder(fx.Interpreter):
             return args[0]
         if target in ops.ADD_FUNCTIONS and _all_meta(args):
             return _broadcast(args)
+        if target in _SHAPE_PRESERVING_NORMS and _all_meta(args[:1]):
+            return args[0]
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -86,6 +93,52 @@ class _ShapeRecorder(fx.Interpreter):
         if target.endswith("_") and isinstance(first, fx.Node) and first.op == "get_attr":
             return args[0]  # an in-place update of a buffer (num_batches_tracked.add_): never touch it
         return super().call_method(target, args, kwargs)
+
+
+# --- meta shortcuts: torch's meta kernels for these are Python refs (ms per call); shapes are known --
+
+_SHAPE_PRESERVING_NORMS = {F.layer_norm, F.group_norm, F.local_response_norm, *(
+    [F.rms_norm] if hasattr(F, "rms_norm") else [])}
+_NORM_FORWARDS = {c.forward for c in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None))
+                  if c is not None}
+
+
+def _meta_module_output(m: nn.Module, args: Any, kwargs: Any) -> Any:
+    """The output of a Linear, a normalisation or an attention module on meta inputs, or None to run it.
+
+    Only exact matches are answered (the right feature size, plain arguments); anything else runs,
+    so a wrong input still fails where it would."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return None
+    if type(m) is nn.Linear and x.shape[-1] == m.in_features and not kwargs:
+        return torch.empty((*x.shape[:-1], m.out_features), dtype=x.dtype, device="meta")
+    if type(m).forward in _NORM_FORWARDS and not kwargs:  # torch's own norms, not subclasses that add steps
+        shape = getattr(m, "normalized_shape", None)
+        if shape is None or tuple(x.shape[-len(shape):]) == tuple(shape):
+            return x
+    if type(m) is nn.MultiheadAttention:
+        return _attention_output(m, args, kwargs)
+    return None
+
+
+def _attention_output(m: nn.MultiheadAttention, args: Any, kwargs: Any) -> Any:
+    """(output, weights) of nn.MultiheadAttention from its query and key shapes."""
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights")
+    bound = {**dict(zip(names, args)), **kwargs}
+    query, key = bound.get("query"), bound.get("key")
+    if not (isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor)) or query.dim() not in (2, 3) \
+            or query.shape[-1] != m.embed_dim or set(bound) - set(names):
+        return None
+    output = torch.empty((*query.shape[:-1], m.embed_dim), dtype=query.dtype, device="meta")
+    if not bound.get("need_weights", True):
+        return output, None
+    batched = query.dim() == 3
+    length = query.shape[1 if m.batch_first else 0] if batched else query.shape[0]
+    source = key.shape[1 if m.batch_first else 0] if batched else key.shape[0]
+    heads = () if bound.get("average_attn_weights", True) else (m.num_heads,)
+    batch = (query.shape[0 if m.batch_first else 1],) if batched else ()
+    return output, torch.empty((*batch, *heads, length, source), dtype=query.dtype, device="meta")
 
 
 class _ShapeFailure(Exception):
