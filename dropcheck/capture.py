@@ -214,8 +214,10 @@ def _trace_eval(root: nn.Module, n_inputs: int, extra: tuple, fns: list) -> tupl
 
 
 def _calls_functional_dropout(gm: fx.GraphModule, inlined: dict[str, Inlined]) -> bool:
-    """Whether any graph calls dropout as a function: only those can stay on in eval mode (DC006)."""
+    """Whether any graph calls dropout as a function with p > 0: only those can stay on in eval mode
+    (DC006). timm's attention passes dropout_p=0.0 unless attn_drop_rate is set."""
     return any(n.op == "call_function" and (ops.is_dropout_function(n.target) or n.target in ops.ATTENTION_FUNCTIONS)
+               and ops.function_p_and_training(n.target, n.args, n.kwargs)[0] > 0
                for g in [gm, *(i.gm for i in inlined.values())] for n in g.graph.nodes)
 
 
