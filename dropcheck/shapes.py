@@ -74,6 +74,10 @@ class _ShapeRecorder(fx.Interpreter):
             known = _meta_module_output(m, args, kwargs)
             if known is not None:
                 return known
+        if isinstance(m, nn.RNNBase) and not kwargs:  # run for real, an LSTM costs ~100 ms a call
+            known = _rnn_output(m, args)
+            if known is not None:
+                return known
         return super().call_module(target, args, kwargs)
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -139,6 +143,23 @@ def _attention_output(m: nn.MultiheadAttention, args: Any, kwargs: Any) -> Any:
     heads = () if bound.get("average_attn_weights", True) else (m.num_heads,)
     batch = (query.shape[0 if m.batch_first else 1],) if batched else ()
     return output, torch.empty((*batch, *heads, length, source), dtype=query.dtype, device="meta")
+
+
+def _rnn_output(m: nn.RNNBase, args: Any) -> Any:
+    """(output, h_n) — or (output, (h_n, c_n)) for an LSTM — as zeros of the right shapes."""
+    x = args[0] if args else None
+    if type(m) not in (nn.LSTM, nn.GRU, nn.RNN) or not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) \
+            or x.shape[-1] != m.input_size:
+        return None
+    directions = 2 if m.bidirectional else 1
+    out_size = getattr(m, "proj_size", 0) or m.hidden_size
+    batch = () if x.dim() == 2 else (x.shape[0 if m.batch_first else 1],)
+    make = lambda *shape: torch.zeros(shape, dtype=x.dtype, device=x.device)  # noqa: E731
+    output = make(*x.shape[:-1], directions * out_size)
+    h_n = make(directions * m.num_layers, *batch, out_size)
+    if type(m) is nn.LSTM:
+        return output, (h_n, make(directions * m.num_layers, *batch, m.hidden_size))
+    return output, h_n
 
 
 class _ShapeFailure(Exception):

@@ -49,3 +49,20 @@ def test_a_norm_subclass_with_its_own_forward_is_run() -> None:
             return super().forward(x)[..., :-1]
 
     assert _meta_module_output(Shifted(8).to("meta"), (_meta(2, 8),), {}) is None
+
+
+@pytest.mark.parametrize("module", [
+    nn.LSTM(6, 5), nn.LSTM(6, 5, batch_first=True, bidirectional=True, num_layers=2),
+    nn.LSTM(6, 5, proj_size=3, batch_first=True), nn.GRU(6, 5, bidirectional=True), nn.RNN(6, 5, num_layers=3),
+])
+@pytest.mark.parametrize("shape", [(4, 7, 6), (7, 6)])
+def test_recurrent_shapes_equal_torch(module: nn.Module, shape: tuple[int, ...]) -> None:
+    from dropcheck.shapes import _rnn_output
+
+    x = torch.randn(*shape)
+    want, got = module(x), _rnn_output(module, (x,))
+
+    def flat(v: object) -> list[object]:
+        return [s for item in v for s in flat(item)] if isinstance(v, tuple) else [v.shape]
+
+    assert flat(got) == flat(want)
