@@ -324,10 +324,12 @@ def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[]
     raise typer.Exit(EXIT_ERROR)
 
 
-def _internal_error(spec: str, exc: BaseException) -> DropcheckError:
+def _internal_error(spec: str, exc: BaseException, what: str = "",
+                    hint: str = "please report this; --verbose shows the traceback") -> DropcheckError:
+    """An unexpected exception as one line (`what`, default "internal error while fixing SPEC")."""
     first = (str(exc).strip().splitlines() or [""])[0][:200]
-    error = DropcheckError("internal", f"internal error while fixing {spec}: {type(exc).__name__}: {first}",
-                           "please report this; --verbose shows the traceback")
+    error = DropcheckError("internal", f"{what or f'internal error while fixing {spec}'}: "
+                           f"{type(exc).__name__}: {first}", hint)
     error.__cause__ = exc
     return error
 
@@ -523,9 +525,13 @@ def measure(
     raise typer.Exit(EXIT_ERROR if any(r.status == "error" for r in reports) else EXIT_CLEAN)
 
 
-def _check_measure_options(device: str, data: str) -> None:
+def _check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise DropcheckError("usage", f"unknown --device '{device}'", "choose auto, cpu or cuda")
+
+
+def _check_measure_options(device: str, data: str) -> None:
+    _check_device(device)
     if data not in ("normal", "digits") and not data.startswith("imagefolder:"):
         raise DropcheckError("usage", f"unknown --data '{data}'", _DATA_HELP)
 
@@ -711,8 +717,7 @@ def _train_options(fmt: str, output: Path | None, resume: bool, force: bool, plo
     """Checks before torch loads; returns the Comparison to resume, if any."""
     if fmt not in ("text", "json", "markdown"):
         raise DropcheckError("usage", f"unknown --format '{fmt}'", "choose text, json or markdown")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise DropcheckError("usage", f"unknown --device '{device}'", "choose auto, cpu or cuda")
+    _check_device(device)
     if resume and force:
         raise DropcheckError("usage", "--resume and --force contradict each other",
                              "--resume continues --output; --force starts it again")
@@ -787,10 +792,8 @@ def _train(err: Console, world: Any, verbose: bool, run: Callable[[Any, Any], An
             _print_traceback("train-compare", exc)
         _fail(err, exc)
     except Exception as exc:  # noqa: BLE001 - a bug of ours (or the user's forward): one line, exit 2
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        error = DropcheckError("internal", f"train-compare failed: {type(exc).__name__}: {first}",
-                               "--verbose shows the traceback; please report it if the model is not at fault")
-        error.__cause__ = exc
+        error = _internal_error("train-compare", exc, "train-compare failed",
+                                "--verbose shows the traceback; please report it if the model is not at fault")
         if verbose:
             _print_traceback("train-compare", error)
         _fail(err, error)

@@ -106,16 +106,22 @@ class Comparison:
         return cls(target=d["target"], settings=d["settings"], variants=d["variants"], baseline=d["baseline"],
                    runs=[RunResult.from_dict(r) for r in d["runs"]], notes=list(d.get("notes", [])))
 
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """Per variant: label (* = follows the guidelines), final and best accuracy, difference, verdict."""
+        out = []
+        for v in self.variants:
+            name = v["name"]
+            final, best, diff = self.summary(name), self.summary(name, "best_acc"), self.difference(name)
+            verdict = diff.verdict if diff else ("baseline" if name == self.baseline else "")
+            out.append((name + ("*" if v.get("guideline") else ""), _mean_std(final), _mean_std(best),
+                        difference_text(diff), verdict))
+        return out
+
     def markdown(self) -> str:
         """The paper's Table 1 form: accuracy (mean ± std over seeds) and the paired difference."""
         lines = ["| variant | final acc. (%) | best acc. (%) | difference vs " + self.baseline
                  + " (95% CI) | verdict |", "|---|---|---|---|---|"]
-        for v in self.variants:
-            name = v["name"]
-            final, best, diff = self.summary(name), self.summary(name, "best_acc"), self.difference(name)
-            label = name + ("*" if v.get("guideline") else "")
-            lines.append(f"| {label} | {_mean_std(final)} | {_mean_std(best)} | {difference_text(diff)} | "
-                         f"{diff.verdict if diff else ('baseline' if name == self.baseline else '')} |")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         return "\n".join(lines) + "\n"
 
 

@@ -138,8 +138,6 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
                    progress: Callable[[str], None] | None = None, enabled: frozenset[str] | None = None,
                    ignores: bool = True) -> Report:
     """Audit a loaded target (real weights) and measure Δ at every BatchNorm and residual merge."""
-    import torch
-
     from .capture import capture_graph
     from .check import run_rules
     from .data import batches as data_batches
@@ -148,10 +146,7 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
     from .sites import find_sites
 
     started = time.perf_counter()
-    run_on = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    if run_on.type == "cuda" and not torch.cuda.is_available():
-        raise DropcheckError("usage", "--device cuda but no CUDA device is available", "use --device auto or cpu")
+    run_on = resolve_device(device)
     capture = capture_graph(target, eval_graph=False)
     analysis = find_sites(capture)
     shape = tuple(target.input_shape)[1:]
@@ -208,8 +203,6 @@ def recalibrate_target(spec: str, model_args: dict[str, Any] | None, input_shape
                        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Load a trained model, re-estimate its BatchNorm statistics with dropout off, and report the
     test-time consistency (and accuracy, where the data has labels) before and after."""
-    import torch
-
     from .checkpoint import load_checkpoint
     from .data import batches as data_batches
     from .data import describe, has_labels
@@ -218,8 +211,7 @@ def recalibrate_target(spec: str, model_args: dict[str, Any] | None, input_shape
 
     target = load_target(spec, model_args, input_shape, weights=True)
     load_checkpoint(target.model, checkpoint, trust_pickle)
-    run_on = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    run_on = resolve_device(device)
     model = target.model.to(run_on)
     shape = (batch_size, *target.input_shape[1:])
 

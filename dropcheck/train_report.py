@@ -19,11 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .comparison import SCHEMA, Comparison, RunResult, difference_text
+from .comparison import SCHEMA, Comparison, RunResult
 from .records import DropcheckError
 from .train import Listener, check_pairing
 
-FORMATS = ("text", "json", "markdown")
 _VERDICT_STYLE = {"better": "green", "worse": "red", "no detectable difference": "yellow", "too few seeds": "dim"}
 
 
@@ -148,20 +147,6 @@ def _header(comparison: Comparison) -> list[str]:
     return lines
 
 
-def _rows(comparison: Comparison) -> list[tuple[str, str, str, str, str]]:
-    rows = []
-    for v in comparison.variants:
-        name = v["name"]
-        final, best, diff = comparison.summary(name), comparison.summary(name, "best_acc"), comparison.difference(name)
-        verdict = diff.verdict if diff else ("baseline" if name == comparison.baseline else "")
-        rows.append((name + ("*" if v.get("guideline") else ""), _ms(final), _ms(best), difference_text(diff), verdict))
-    return rows
-
-
-def _ms(s: Any) -> str:
-    return "—" if s is None else f"{s.mean:.2f}" + (f" ± {s.std:.2f}" if s.std is not None else "")
-
-
 def _footer(comparison: Comparison) -> list[str]:
     lines = list(comparison.notes)
     diverged = [f"{r.variant} seed {r.seed}" for r in comparison.runs if r.status == "diverged"]
@@ -186,7 +171,7 @@ def _render_text(comparison: Comparison, console: Console) -> None:
     if not console.is_terminal:
         from .report import _columns
 
-        for line in [*_header(comparison), *_columns(headers, _rows(comparison)), *_footer(comparison)]:
+        for line in [*_header(comparison), *_columns(headers, comparison.rows()), *_footer(comparison)]:
             console.out(line, highlight=False)
         return
     for line in _header(comparison):
@@ -199,7 +184,7 @@ def _render_text(comparison: Comparison, console: Console) -> None:
 def _rich_table(comparison: Comparison) -> Table:
     headers = ("variant", "final acc. (%)", "best acc. (%)", f"vs {comparison.baseline} (95% CI)", "verdict")
     table = Table(*headers, box=box.SIMPLE_HEAD)
-    for row in _rows(comparison):
+    for row in comparison.rows():
         table.add_row(*row[:4], Text(row[4], style=_VERDICT_STYLE.get(row[4], "")))
     return table
 
