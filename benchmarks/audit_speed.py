@@ -56,7 +56,7 @@ INFO_SRC = (
 # Fallback while the CLI is unfinished: the pipeline's own entry point, same JSON on stdout.
 API_SRC = (
     "import json, sys\n"
-    "from dropcheck.pipeline import audit_target\n"
+    "from dropcheck.analysis.pipeline import audit_target\n"
     "r = audit_target(sys.argv[1], None, None)\n"
     "print(json.dumps({'schema': 1, 'results': [r.to_dict()]}, indent=2))\n"
     "sys.exit(0 if r.status == 'ok' else 2)\n"
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
              f"(usable {info['affinity']}), torch threads={info['threads']}, {threads_env}")
     out.line(f"python {platform.python_version()} ({PY}), torch {info['torch']}, torchvision "
              f"{info['torchvision']}, timm {info['timm']}")
-    out.line(f"audit via: {'python -m dropcheck audit SPEC --format json' if use_cli else 'dropcheck.pipeline.audit_target (CLI not ready)'}"
+    out.line(f"audit via: {'python -m dropcheck audit SPEC --format json' if use_cli else 'dropcheck.analysis.pipeline.audit_target (CLI not ready)'}"
              f"; repeat={repeat}; loadavg(1m) {load_before[0]:.2f} -> {load_after[0]:.2f}")
     out.line()
 

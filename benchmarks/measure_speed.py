@@ -82,7 +82,7 @@ def _setup(case: Case, device_name: str):
     """Model (on the CPU, as load_target builds it) and the K fixed batches, seeded."""
     import torch
 
-    from dropcheck.load import load_target
+    from dropcheck.analysis.load import load_target
 
     torch.manual_seed(0)
     target = load_target(case.spec, case.model_args, case.shape, weights=True)
@@ -92,15 +92,15 @@ def _setup(case: Case, device_name: str):
 
 
 def _capture(target):
-    from dropcheck.capture import capture_graph
-    from dropcheck.sites import find_sites
+    from dropcheck.analysis.capture import capture_graph
+    from dropcheck.analysis.sites import find_sites
 
     capture = capture_graph(target)
     return capture, find_sites(capture)
 
 
 def _measure(capture, analysis, xs, device):
-    from dropcheck.measure import measure_model
+    from dropcheck.measurement.deltas import measure_model
 
     return measure_model(capture, analysis, lambda: xs, device, calibrate=True, copy_model=False)
 

@@ -33,8 +33,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dropcheck.train import Recipe, train_run  # noqa: E402
-from dropcheck.train_data import TrainData, load_train_data, steps_per_epoch  # noqa: E402
+from dropcheck.training.loop import Recipe, train_run  # noqa: E402
+from dropcheck.training.data import TrainData, load_train_data, steps_per_epoch  # noqa: E402
 
 TARGET = 0.9
 

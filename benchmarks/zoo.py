@@ -9,7 +9,7 @@ For each model, in one worker process, two timed phases (design section 8):
   and capture it with a bare `torch.fx.symbolic_trace`; where that fails, with an fx.Tracer given
   timm's notrace modules and functions (timm.layers._fx). floor_status: plain, timm-aware or
   untraceable (timeout / killed when the floor itself hit a limit).
-- the AUDIT: `dropcheck.pipeline.audit_target("timm:NAME" / "torchvision:NAME")`. status: ok or
+- the AUDIT: `dropcheck.analysis.pipeline.audit_target("timm:NAME" / "torchvision:NAME")`. status: ok or
   error (from the report), timeout or killed (a limit), skipped (the floor hit a limit first).
 
 The two phases alternate in order from model to model (floor first on even rows, audit first on
@@ -149,7 +149,7 @@ def _floor(source: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _audit(source: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    from dropcheck.pipeline import audit_target
+    from dropcheck.analysis.pipeline import audit_target
 
     reset = _reset_peak()
     started = time.perf_counter()
@@ -188,9 +188,9 @@ def worker_main() -> int:
 
     import torch
 
-    from dropcheck.catalog import load_rules
-    for name in ("timm", "torchvision", "dropcheck.capture", "dropcheck.check", "dropcheck.pipeline",
-                 "dropcheck.sites"):
+    from dropcheck.analysis.catalog import load_rules
+    for name in ("timm", "torchvision", "dropcheck.analysis.capture", "dropcheck.analysis.check", "dropcheck.analysis.pipeline",
+                 "dropcheck.analysis.sites"):
         importlib.import_module(name)  # every import happens before the first timed phase
     load_rules()
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ __all__ = ["audit", "fix", "measure", "Report", "FixResult", "Site", "SiteKind",
 
 def audit(model: Any, example_input: Any) -> Report:
     """Audit `model` (an nn.Module) traced with `example_input`; returns the same content as the JSON."""
-    from .pipeline import audit as _audit
+    from .analysis.pipeline import audit as _audit
 
     return _audit(model, example_input)
 
@@ -27,7 +27,7 @@ def audit(model: Any, example_input: Any) -> Report:
 def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
     """Move `model`'s dropout to where Guidelines 1 and 2 put it; returns the fixed model (a new
     module), every change, and the verification checks. `model` is left as it was."""
-    from .pipeline import fix as _fix
+    from .fixer.pipeline import fix as _fix
 
     return _fix(model, example_input, p, add)
 
@@ -36,7 +36,7 @@ def measure(model: Any, example_input: Any, **options: Any) -> Report:
     """Audit `model` and measure the inconsistency ratio Δ = Var_test / Var_train at every BatchNorm
     input and residual-merge output (`report.measurements`). Options: batches, batch_size, data
     ("normal", "digits", "imagefolder:PATH"), device ("auto", "cpu", "cuda"), pretrained, seed."""
-    from .pipeline import measure as _measure
+    from .measurement.pipeline import measure as _measure
 
     return _measure(model, example_input, **options)
 

@@ -247,7 +247,7 @@ def _model_args(name: str, key: str, value: Any) -> dict[str, Any]:
 
 
 def _selectors(name: str, key: str, value: Any) -> tuple[str, ...]:
-    from .catalog import resolve_selection  # reads rules/ only: no torch
+    from .analysis.catalog import resolve_selection  # reads rules/ only: no torch
 
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dropcheck
-from dropcheck.load import load_target
-from dropcheck.pipeline import audit_loaded
+from dropcheck.analysis.load import load_target
+from dropcheck.analysis.pipeline import audit_loaded
 from dropcheck.records import DropcheckError, Report
 
 

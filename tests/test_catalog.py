@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dropcheck import catalog
-from dropcheck.catalog import HEADINGS, get_rule, load_rules, read_rule, resolve_selection, rules_dir
+from dropcheck.analysis import catalog
+from dropcheck.analysis.catalog import HEADINGS, get_rule, load_rules, read_rule, resolve_selection, rules_dir
 from dropcheck.records import DropcheckError, Rule, Severity
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_rules_dir_prefers_the_catalogue_shipped_in_the_package(
 ) -> None:
     package = tmp_path / "site-packages" / "dropcheck"
     package.mkdir(parents=True)
-    monkeypatch.setattr(catalog, "__file__", str(package / "catalog.py"))
+    monkeypatch.setattr(catalog, "__file__", str(package / "analysis" / "catalog.py"))
     assert rules_dir() == tmp_path / "site-packages" / "rules"  # no shipped copy: next to the package
     (package / "rules").mkdir()
     assert rules_dir() == package / "rules"
@@ -246,7 +246,7 @@ def test_rules_dir_prefers_the_catalogue_shipped_in_the_package(
 def test_loading_the_catalogue_does_not_import_torch() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import dropcheck.catalog as c; c.load_rules(); c.resolve_selection(['DC00']); "
+        "import dropcheck.analysis.catalog as c; c.load_rules(); c.resolve_selection(['DC00']); "
         "print('torch' in sys.modules)"
     )
     command = [sys.executable, "-c", code, str(REPO)]

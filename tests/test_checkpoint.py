@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dropcheck.checkpoint import load_checkpoint
+from dropcheck.measurement.checkpoint import load_checkpoint
 from dropcheck.records import DropcheckError
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dropcheck import __version__, report
+from dropcheck import __version__
+from dropcheck.output import report
 from dropcheck.records import Check, FixResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ MISSING = "does/not/exist.py"
 P3 = ["examples/preresnet.py", "-a", "position=P3"]
 MOVE_LINE = re.compile(r"^\s*move  stages\.(\d)\.0\.drop  P3 -> P6 before stages\.\1\.0\.conv2  \(DC001, p=0\.2\)$")
 CHECK_LINE = re.compile(r"^\s*ok  +(eval outputs|state_dict|re-audit|idempotent): \S")
-HAS_EXPORT = (ROOT / "dropcheck" / "export.py").is_file()
+HAS_EXPORT = (ROOT / "dropcheck" / "fixer" / "export.py").is_file()
 
 
 def _fix_runs(out: Path) -> dict[str, list[str]]:
@@ -74,7 +75,7 @@ def _lines(text: str) -> list[str]:
 
 
 def _needs_export() -> None:
-    pytest.importorskip("dropcheck.export")
+    pytest.importorskip("dropcheck.fixer.export")
 
 
 # --- a successful fix ----------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def test_measure_bad_options_are_one_line() -> None:
 def test_recalibrate_writes_new_weights_and_restores_consistency(tmp_path: Path) -> None:
     # a "trained" checkpoint: BatchNorm statistics gathered in train mode, dropout on
     sys.path.insert(0, str(REPO))
-    from dropcheck.data import batches
-    from dropcheck.load import load_target
+    from dropcheck.measurement.data import batches
+    from dropcheck.analysis.load import load_target
 
     small = {"position": "P3", "p": 0.5, "blocks": (1, 1), "widths": (8, 16)}
     target = load_target(str(REPO / "examples/preresnet.py"), small, weights=True)

@@ -19,14 +19,7 @@ from typing import Any
 
 import pytest
 
-from dropcheck.config import (
-    CONFIG_KEYS,
-    Config,
-    TargetConfig,
-    find_pyproject,
-    load_config,
-    plan_targets,
-)
+from dropcheck.config import CONFIG_KEYS, Config, TargetConfig, find_pyproject, load_config, plan_targets
 from dropcheck.records import DropcheckError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dropcheck.data import batches, describe, has_labels
+from dropcheck.measurement.data import batches, describe, has_labels
 from dropcheck.records import DropcheckError
 
 CPU = torch.device("cpu")

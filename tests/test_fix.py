@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import dropcheck
-from dropcheck.export import write_output
-from dropcheck.load import load_target
-from dropcheck.pipeline import audit, fix_loaded, fix_target
+from dropcheck.fixer.export import write_output
+from dropcheck.analysis.load import load_target
+from dropcheck.analysis.pipeline import audit
+from dropcheck.fixer.pipeline import fix_loaded, fix_target
 from dropcheck.records import DropcheckError, FixResult
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -9,7 +9,7 @@ import pytest
 from torch import nn
 
 from dropcheck.config import parse_input_shape, parse_model_args
-from dropcheck.load import load_target
+from dropcheck.analysis.load import load_target
 from dropcheck.records import DropcheckError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

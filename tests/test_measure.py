@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from dropcheck.capture import capture_graph
-from dropcheck.load import load_target
-from dropcheck.measure import measure_model
+from dropcheck.analysis.capture import capture_graph
+from dropcheck.analysis.load import load_target
+from dropcheck.measurement.deltas import measure_model
 from dropcheck.records import Measurement, Target
-from dropcheck.sites import find_sites
-from dropcheck.stats import ChannelStats
+from dropcheck.analysis.sites import find_sites
+from dropcheck.measurement.stats import ChannelStats
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WIDTH = 128

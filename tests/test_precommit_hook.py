@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dropcheck.catalog import get_rule
+from dropcheck.analysis.catalog import get_rule
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / ".pre-commit-hooks.yaml"

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-import dropcheck.recalibrate as recalibrate
-from dropcheck.recalibrate import bn_state, recalibrate_bn
+import dropcheck.measurement.recalibrate as recalibrate
+from dropcheck.measurement.recalibrate import bn_state, recalibrate_bn
 from dropcheck.records import DropcheckError
 
 

@@ -11,20 +11,9 @@ import re
 import pytest
 from rich.console import Console
 
-from dropcheck import __version__, report
-from dropcheck.records import (
-    CaptureInfo,
-    DropcheckError,
-    Finding,
-    OpaqueRegion,
-    Report,
-    Rule,
-    Severity,
-    Site,
-    SiteKind,
-    SourceLocation,
-    StochasticDepthSite,
-)
+from dropcheck import __version__
+from dropcheck.output import report
+from dropcheck.records import (CaptureInfo, DropcheckError, Finding, OpaqueRegion, Report, Rule, Severity, Site, SiteKind, SourceLocation, StochasticDepthSite)
 
 SRC = SourceLocation("examples/preresnet.py", 104)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

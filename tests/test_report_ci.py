@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from dropcheck import __version__, report, report_ci
-from dropcheck.catalog import load_rules
+from dropcheck import __version__
+from dropcheck.output import report, ci as report_ci
+from dropcheck.analysis.catalog import load_rules
 from dropcheck.records import DropcheckError, Finding, Report, Severity, Site, SiteKind, SourceLocation
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -15,7 +15,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dropcheck import cli, reproduce
+from dropcheck import cli
+from dropcheck.measurement import reproduce
 from dropcheck.records import DropcheckError
 
 ROOT = Path(__file__).resolve().parents[1]

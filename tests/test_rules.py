@@ -12,7 +12,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from dropcheck.catalog import load_rules
+from dropcheck.analysis.catalog import load_rules
 from dropcheck.records import Report, Rule
 
 RULES = load_rules()

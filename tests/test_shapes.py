@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dropcheck.shapes import _meta_module_output
+from dropcheck.analysis.shapes import _meta_module_output
 
 
 def _meta(*shape: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_a_norm_subclass_with_its_own_forward_is_run() -> None:
 ])
 @pytest.mark.parametrize("shape", [(4, 7, 6), (7, 6)])
 def test_recurrent_shapes_equal_torch(module: nn.Module, shape: tuple[int, ...]) -> None:
-    from dropcheck.shapes import _rnn_output
+    from dropcheck.analysis.shapes import _rnn_output
 
     x = torch.randn(*shape)
     want, got = module(x), _rnn_output(module, (x,))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dropcheck.load import load_target
-from dropcheck.pipeline import audit_loaded
+from dropcheck.analysis.load import load_target
+from dropcheck.analysis.pipeline import audit_loaded
 from dropcheck.records import Report
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dropcheck import report, suppress
+from dropcheck.output import report
+from dropcheck.analysis import suppress
 from dropcheck.records import Finding, Report, Severity, SourceLocation
 
 TIMEOUT = 180
@@ -103,7 +104,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def audited(models: Path) -> dict[str, Report]:
-    from dropcheck.pipeline import audit_target
+    from dropcheck.analysis.pipeline import audit_target
 
     reports = {name: audit_target(str(models / f"{name}.py")) for name in MODELS}
     for name, rep in reports.items():

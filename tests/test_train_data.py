@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from dropcheck.records import DropcheckError
-from dropcheck.train_data import (DATASETS, TrainData, crop_flip, load_train_data, steps_per_epoch, test_batches,
-                                  train_batches)
+from dropcheck.training.data import (DATASETS, TrainData, crop_flip, load_train_data, steps_per_epoch, test_batches, train_batches)
 
 IMAGE = (1, 3, 32, 32)
 

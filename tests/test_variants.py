@@ -11,9 +11,9 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 import dropcheck
-from dropcheck.load import load_target
+from dropcheck.analysis.load import load_target
 from dropcheck.records import DropcheckError, Target
-from dropcheck.variants import SWEEP_POSITIONS, Variant, build_variants, parse_variants
+from dropcheck.training.variants import SWEEP_POSITIONS, Variant, build_variants, parse_variants
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -190,16 +190,16 @@ def test_torchvision_resnet18_p6_sweep_fills_all_8_branches() -> None:
 
 
 def test_a_variant_whose_state_dict_differs_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dropcheck.variants
+    import dropcheck.training.variants
 
-    build = dropcheck.variants.build_fixed
+    build = dropcheck.training.variants.build_fixed
 
     def with_extra_buffer(*args: object) -> nn.Module:
         model = build(*args)
         model.register_buffer("extra", torch.zeros(1))
         return model
 
-    monkeypatch.setattr(dropcheck.variants, "build_fixed", with_extra_buffer)
+    monkeypatch.setattr(dropcheck.training.variants, "build_fixed", with_extra_buffer)
     target = Target("PreResNet", PreResNet(position="none"), torch.randn(2, 3, 16, 16), origin="api")
     with pytest.raises(DropcheckError) as err:
         build_variants(target, ["original", "P6"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dropcheck.pipeline import audit_target
+from dropcheck.analysis.pipeline import audit_target
 from dropcheck.records import Report
 
 

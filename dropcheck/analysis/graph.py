@@ -1,0 +1,322 @@
+"""An index-based view of the flow graph: one kind per node, global pools, local dependence tests.
+
+Shared by sites (classification) and fix (where a dropout goes). Nodes are in topological
+order, which keeps every "does this depend on that" question local.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import ops
+from ..records import Capture, FlowNode
+
+BN, WEIGHT, ADD, CONCAT, POOL, ACT, SOFTMAX, DROPOUT, STOCHASTIC = (
+    "bn", "weight", "add", "concat", "pool", "act", "softmax", "dropout", "stochastic")
+INPUT, PARAM, OPAQUE, OTHER = "input", "param", "opaque", "other"
+_CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.stack}
+MAX_BACK_STEPS = 64
+
+
+@dataclass(frozen=True)
+class Upstream:
+    layer: str  # BN, WEIGHT, or "" (branch start / anything else)
+    act_between: bool
+
+
+class Graph:
+    """Index-based view of the flow graph with one kind per node."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+        self.names = list(capture.nodes)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.nodes: list[FlowNode] = [capture.nodes[n] for n in self.names]
+        self.inputs = [[self.index[i] for i in n.inputs] for n in self.nodes]
+        self.users = [[self.index[u] for u in n.users] for n in self.nodes]
+        self.opaque_by_module = {o.module: o for o in capture.opaque}
+        self.data = self._data_dependent()
+        self.kinds = [self._kind(n) for n in self.nodes]
+        self.outputs = {self.index[o] for o in capture.outputs if o in self.index}
+        self.final_pools = self._final_pools()
+        self.post_pool = self.walk(self.final_pools, lambda i: False)
+        self.head_bns = {i for i, k in enumerate(self.kinds) if k == BN and self._feeds_final_pool(i)}
+        self.has_bn = any(k == BN for k in self.kinds)
+
+    # -- classification of single nodes --------------------------------------------------------
+
+    def _kind(self, n: FlowNode) -> str:
+        if n.op == "placeholder":
+            return INPUT
+        if n.op == "get_attr":
+            return PARAM
+        if n.op == "call_module":
+            m = n.module
+            if n.target in self.opaque_by_module:
+                return OPAQUE
+            if ops.is_dropout_module(m):
+                return DROPOUT
+            if ops.is_stochastic_depth_module(m):
+                return STOCHASTIC
+            if ops.is_batchnorm_module(m):
+                return BN
+            if ops.is_weight_module(m):
+                return WEIGHT
+            if ops.is_activation_module(m):
+                return ACT
+            if isinstance(m, ops.POOL_MODULES):
+                return POOL
+            if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)):
+                return SOFTMAX
+            return OTHER
+        if n.op == "call_function":
+            t = n.target
+            if ops.is_dropout_function(t):
+                return DROPOUT
+            if t in ops.ATTENTION_FUNCTIONS:
+                return DROPOUT if self._attention_p(n) > 0 else OTHER
+            if ops.is_stochastic_depth_function(t):
+                return STOCHASTIC
+            if t in ops.BATCHNORM_FUNCTIONS:
+                return BN if ops.is_batchnorm_call(t, n.args, n.kwargs) else OTHER
+            if t in ops.WEIGHT_FUNCTIONS:
+                return WEIGHT
+            if t in ops.MATMUL_FUNCTIONS:
+                return WEIGHT if self._has_param_operand(n) else OTHER
+            if t in ops.ADD_FUNCTIONS:
+                return ADD
+            if t in _CONCAT_FUNCTIONS:
+                return CONCAT
+            if t in ops.POOL_FUNCTIONS:
+                return POOL
+            if t in ops.ACTIVATION_FUNCTIONS:
+                return ACT
+            if t in ops.SOFTMAX_FUNCTIONS:
+                return SOFTMAX
+            return OTHER
+        if n.op == "call_method":
+            t = n.target
+            if t in ops.ADD_METHODS:
+                return ADD
+            if t in ops.POOL_METHODS:
+                return POOL
+            if t in ops.ACTIVATION_METHODS:
+                return ACT
+            if t in ops.SOFTMAX_METHODS:
+                return SOFTMAX
+            if t in ("matmul", "__matmul__"):
+                return WEIGHT if self._has_param_operand(n) else OTHER
+        return OTHER
+
+    def _attention_p(self, n: FlowNode) -> float:
+        return ops.function_p_and_training(n.target, n.args, n.kwargs)[0]
+
+    def _has_param_operand(self, n: FlowNode) -> bool:
+        """An operand computed from parameters alone (W, W.t(), ...), not from the data."""
+        return any(not self.data[self.index[i]] for i in n.inputs)
+
+    def _data_dependent(self) -> list[bool]:
+        starts = [i for i, n in enumerate(self.nodes) if n.op == "placeholder"]
+        seen = self.walk(starts, lambda i: False)
+        return [i in seen for i in range(len(self.names))]
+
+    # -- pools and the head --------------------------------------------------------------------
+
+    def _spatial(self, i: int) -> bool:
+        shape = self.nodes[i].shape
+        if shape is None:
+            return False
+        # room left to pool: two or more non-batch dims above 1 ((N, C, H, W), tokens (N, L, D)). Counting
+        # dims keeps a pooled (N, C, 1, 1) pooled when it is permuted to (N, 1, 1, C) for a channels-last
+        # LayerNorm, as timm's ConvNeXt and MaxViT heads do
+        return len(shape) >= 3 and _extent(shape) >= 2
+
+    def _final_pools(self) -> list[int]:
+        """Global pools after which the data never becomes spatial again (not SE or norm statistics)."""
+        found = []
+        for i, k in enumerate(self.kinds):
+            if k != POOL or not self._reduces_space(i):
+                continue
+            spatial_after = self.walk([i], lambda j: False, until=lambda j: self._spatial(j))
+            if not any(self._spatial(j) for j in spatial_after if j != i):
+                found.append(i)
+        return found
+
+    def _reduces_space(self, i: int) -> bool:
+        out = self.nodes[i].shape
+        ins = [self.nodes[j].shape for j in self.inputs[i] if self.data[j]]
+        if not out or not ins or not ins[0]:
+            return False
+        before = ins[0]
+        if not self._spatial(self.inputs[i][0]):
+            return False
+        return _prod(out[1:]) < _prod(before[1:]) and _extent(out) <= 1  # (N, C), (N, C, 1, 1), (N, 1, 1, C)
+
+    def _feeds_final_pool(self, bn: int) -> bool:
+        stop = {WEIGHT, BN, ADD, CONCAT}
+        reached = self.walk([bn], lambda j: self.kinds[j] in stop and j != bn)
+        return any(p in reached for p in self.final_pools)
+
+    # -- walks ---------------------------------------------------------------------------------
+
+    def walk(self, starts: Iterable[int], stop: Callable[[int], bool],
+             until: Callable[[int], bool] | None = None) -> set[int]:
+        """Nodes reachable from `starts` (included); a node where `stop` holds is visited, not expanded."""
+        seen: set[int] = set()
+        queue = deque(starts)
+        while queue:
+            i = queue.popleft()
+            if i in seen:
+                continue
+            seen.add(i)
+            if until is not None and until(i) and i not in starts:
+                return seen
+            if i not in starts and stop(i):
+                continue
+            queue.extend(u for u in self.users[i] if u not in seen)
+        return seen
+
+    def reaches_output(self, s: int, stop: Callable[[int], bool]) -> bool:
+        """Some path from s to a model output meets no node where `stop` holds."""
+        seen = self.walk([s], stop)
+        return any(o in seen and (o == s or not stop(o)) for o in self.outputs)
+
+    def depends(self, j: int, s: int, avoid: int | None = None) -> bool:
+        """Does node j depend on node s (j == s counts)? Searches back from j, never above s.
+
+        Nodes are in topological order, so only nodes after s can depend on it: the search stays
+        local to the region between s and j, which keeps the analysis linear on long networks.
+        `avoid` is a node the path may not pass through.
+        """
+        if j == s:
+            return True
+        seen = {j}
+        stack = [j]
+        while stack:
+            k = stack.pop()
+            for p in self.inputs[k]:
+                if p == s:
+                    return True
+                if p > s and p != avoid and p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        return False
+
+    def is_merge_for(self, i: int, s: int) -> bool:
+        """An add downstream of s with an operand that carries data and does not depend on s."""
+        if self.kinds[i] != ADD or i <= s:
+            return False
+        operands = [j for j in self.inputs[i] if self.data[j]]
+        return len(operands) >= 2 and any(not self.depends(j, s) for j in operands)
+
+    def main_input(self, i: int) -> int | None:
+        """The operand that carries the main signal: same shape as the output, else the largest."""
+        operands = [j for j in self.inputs[i] if self.data[j]]
+        if not operands:
+            return None
+        shape = self.nodes[i].shape
+        same = [j for j in operands if self.nodes[j].shape == shape]
+        if same:
+            return same[0]
+        return max(operands, key=lambda j: _prod(self.nodes[j].shape or (0,)))
+
+    def upstream_layer(self, i: int, in_fork: Callable[[int], bool] = lambda j: False) -> Upstream:
+        """The nearest BN or weight layer upstream of node i along its main input, not crossing the fork."""
+        act = False
+        j = self.main_input(i)
+        for _ in range(MAX_BACK_STEPS):
+            if j is None or in_fork(j):
+                return Upstream("", act)
+            k = self.kinds[j]
+            if k in (BN, WEIGHT):
+                return Upstream(k, act)
+            if k in (ADD, CONCAT, POOL, INPUT, OPAQUE):
+                return Upstream("", act)
+            act = act or k == ACT
+            j = self.main_input(j)
+        return Upstream("", act)
+
+    def display(self, i: int) -> str:
+        """The name users know: a module's qualname, else owner/node."""
+        n = self.nodes[i]
+        if self.kinds[i] == OPAQUE:
+            return f"{n.target} (opaque)"
+        if n.op == "call_module":
+            return str(n.target)
+        base = n.name.rsplit("::", 1)[-1]
+        return f"{n.owner}/{base}" if n.owner else f"/{base}"
+
+
+def _extent(shape: tuple[int, ...]) -> int:
+    """How many non-batch dims hold more than one element."""
+    return sum(1 for d in shape[1:] if d > 1)
+
+
+def _prod(dims: Iterable[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+
+
+class Branch:
+    """The residual branch that holds dropout s and ends at `merge`.
+
+    The skip is the merge's operand that does not depend on s; the fork is where the branch
+    leaves the skip's ancestry. Answered with local searches only.
+    """
+
+    def __init__(self, g: Graph, s: int, merge: int) -> None:
+        self.g, self.s, self.merge = g, s, merge
+        operands = [j for j in g.inputs[merge] if g.data[j]]
+        self.skip = next((j for j in operands if not g.depends(j, s)), None)
+        self.side = next((j for j in operands if g.depends(j, s)), None)
+        self.chain = self._chain()  # merge side back to the fork along main inputs
+        self.on_skip = not any(g.kinds[i] == WEIGHT for i in self.chain)
+
+    def in_fork(self, j: int) -> bool:
+        return self.skip is not None and self.g.depends(self.skip, j)
+
+    def _chain(self) -> list[int]:
+        chain, j = [], self.side
+        for _ in range(MAX_BACK_STEPS * 4):
+            if j is None or self.in_fork(j):
+                break
+            chain.append(j)
+            j = self.g.main_input(j)
+        return chain
+
+    def weight_after_s(self) -> bool:
+        """A weight layer on the main chain between s and the merge (SE gates are side paths)."""
+        if self.s in self.chain:
+            return any(self.g.kinds[i] == WEIGHT for i in self.chain[:self.chain.index(self.s)])
+        after = self.g.walk([self.s], lambda i: self.g.kinds[i] == WEIGHT or i == self.merge)
+        return any(self.g.kinds[i] == WEIGHT for i in after if i != self.s)
+
+    def preactivation(self) -> bool:
+        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2)."""
+        layers = [i for i in self.chain if self.g.kinds[i] in (BN, WEIGHT)]
+        return bool(layers) and self.g.kinds[layers[-1]] == BN
+
+    def position(self, pre_bn: bool) -> str | None:
+        """P1..P7 where the branch is a pre-activation one."""
+        if self.on_skip or not self.preactivation():
+            return None
+        up = self.g.upstream_layer(self.s, self.in_fork)
+        if pre_bn:
+            if up.layer == "":
+                return "P1"
+            if up.layer == BN:
+                return "P3" if up.act_between else "P2"
+            return "P4"
+        if up.layer == BN:
+            return "P6" if up.act_between else "P5"
+        if up.layer == WEIGHT and not self.weight_after_s():
+            return "P7"
+        return None

@@ -1,0 +1,380 @@
+"""Target spec -> Target: the model (built on the meta device where it can be) and its input.
+
+Spec forms: `path/model.py`, `path/model.py:Name`, `package.module:Name`, `torchvision:NAME`,
+`timm:NAME`. torchvision and timm are imported only for targets that name them.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import types
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..records import DropcheckError, SourceLocation, Target
+
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+USER_MODULE_PREFIX = "dropcheck_user_"  # the module name a model file is imported under, then its path
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # dropcheck/
+
+
+def load_target(spec: str, model_args: dict[str, Any] | None = None,
+                input_shape: tuple[int, ...] | None = None, weights: bool = False) -> Target:
+    """Build the model a spec names, with its example input.
+
+    On the meta device where possible (no weights materialised); with `weights`, on the CPU with
+    its initial weights (fix and measure need real tensors).
+    """
+    kwargs = dict(model_args or {})
+    kind, factory, default_shape, label = _resolve(spec, kwargs)
+    model, device, declared = _build(factory, kwargs, label, ("cpu",) if weights else ("meta", "cpu"))
+    shape = tuple(input_shape) if input_shape else (
+        _declared_shape(model, kind) or default_shape or DEFAULT_INPUT_SHAPE)
+    example = torch.randn(*shape, device=device) if device == "cpu" else torch.empty(*shape, device=device)
+    return Target(spec=spec, model=model, example_input=example, origin=kind, declared_at=declared)
+
+
+# --- resolving the spec to a factory -------------------------------------------------------------
+
+def _resolve(spec: str, kwargs: dict[str, Any]) -> tuple[str, Callable[..., Any], tuple[int, ...] | None, str]:
+    if spec.startswith("torchvision:"):
+        return ("torchvision", *_torchvision_factory(spec.split(":", 1)[1]))
+    if spec.startswith("timm:"):
+        return ("timm", *_timm_factory(spec.split(":", 1)[1]))
+    path_part, _, name = _split_spec(spec)
+    if path_part.endswith(".py") or os.sep in path_part or "/" in path_part or Path(path_part).is_file():
+        module = _import_file(path_part)
+        origin = "file"
+    else:
+        module = _import_module(path_part)
+        origin = "module"
+    factory, label = _pick_candidate(module, name, path_part, kwargs)
+    return origin, factory, getattr(module, "INPUT_SHAPE", None), label
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    # rpartition on ':' but keep Windows drive letters ("C:\\m.py") whole
+    head, sep, tail = spec.rpartition(":")
+    if not sep or (len(head) == 1 and head.isalpha()) or not tail.isidentifier():
+        return spec, "", ""
+    return head, sep, tail
+
+
+def _torchvision_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...] | None, str]:
+    import torchvision.models as tvm
+
+    available = tvm.list_models()
+    if name not in available:
+        close = [m for m in available if name.lower() in m][:5]
+        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        raise DropcheckError("load", f"torchvision has no model '{name}'", hint)
+    shape = None
+    try:  # the default weights' transforms know the crop size; reading them downloads nothing
+        crop = tvm.get_model_weights(name).DEFAULT.transforms.keywords.get("crop_size")
+        if crop:
+            shape = (1, 3, int(crop), int(crop))
+    except Exception:
+        shape = None
+
+    def factory(**kw: Any) -> nn.Module:
+        kw.setdefault("weights", None)
+        return tvm.get_model(name, **kw)
+
+    return factory, shape, f"torchvision:{name}"
+
+
+def _timm_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...] | None, str]:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+        raise DropcheckError("load", f"timm has no model '{name}'", hint)
+    shape = None
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+        size = getattr(cfg, "input_size", None) if cfg is not None else None
+        if size:
+            shape = (1, *size)
+    except Exception:
+        shape = None
+
+    def factory(**kw: Any) -> nn.Module:
+        kw["pretrained"] = False  # never download weights
+        return timm.create_model(name, **kw)
+
+    return factory, shape, f"timm:{name}"
+
+
+def _import_file(path_text: str) -> types.ModuleType:
+    path = Path(path_text)
+    if not path.is_file():
+        raise DropcheckError("load", f"{path_text}: no such file", "check the path, or use package.module:Name")
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise DropcheckError("load", f"{path_text}: cannot read ({exc.strerror})", "check the file's permissions") from exc
+    if b"\0" in source:  # compile() refuses NUL bytes anywhere, with no line number
+        raise DropcheckError("load", f"{path_text}: not a Python source file (binary)", "give the .py file that defines the model")
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        place = f"{path_text}:{exc.lineno}" if exc.lineno else path_text
+        raise DropcheckError("load", f"{place}: syntax error: {exc.msg}",
+                             "fix the syntax error; the file must import cleanly") from exc
+    mod_name = USER_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
+    with _sys_path_front(str(path.resolve().parent)):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's module failed while importing
+            sys.modules.pop(mod_name, None)
+            where = _user_frame(exc.__traceback__)
+            place = f"{where.file}:{where.line}" if where else path_text
+            raise DropcheckError("load", f"{place}: importing {path.name} failed: {type(exc).__name__}: {_first_line(exc)}",
+                                 _import_hint(exc)) from exc
+    return module
+
+
+def _import_module(name: str) -> types.ModuleType:
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+        raise DropcheckError("load", f"'{name}' is neither a file nor a module name",
+                             "give path/model.py, package.module:Name, torchvision:NAME or timm:NAME")
+    with _sys_path_front(os.getcwd()):
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                raise DropcheckError("load", f"no module named '{name}'",
+                                     "check the spelling, or give a file path ending in .py") from exc
+            raise DropcheckError("load", f"importing {name} failed: {type(exc).__name__}: {_first_line(exc)}",
+                                 _import_hint(exc)) from exc
+        except Exception as exc:
+            where = _user_frame(exc.__traceback__)
+            place = f"{where.file}:{where.line}: " if where else ""
+            raise DropcheckError("load", f"{place}importing {name} failed: {type(exc).__name__}: {_first_line(exc)}",
+                                 _import_hint(exc)) from exc
+
+
+def _import_hint(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"install '{exc.name}' or fix the import" if exc.name else "fix the import"
+    return "the model file must import without errors; run it with python to see the full traceback"
+
+
+def _pick_candidate(module: types.ModuleType, name: str, where: str,
+                    kwargs: dict[str, Any]) -> tuple[Callable[..., Any], str]:
+    if name:
+        obj = getattr(module, name, None)
+        if obj is None:
+            raise DropcheckError("load", f"{where} has no '{name}'", _listing_hint(_all_candidates(module)))
+        if not (_is_module_class(obj) or callable(obj) or isinstance(obj, nn.Module)):
+            raise DropcheckError("load", f"{where}:{name} is not an nn.Module class or factory",
+                                 "name an nn.Module subclass or a function that returns one")
+        return _as_factory(obj), f"{where}:{name}"
+    candidates = _all_candidates(module)
+    ready = {n: o for n, o in candidates.items() if _callable_with(o, kwargs)}
+    if len(ready) == 1:
+        (only_name, obj), = ready.items()
+        return _as_factory(obj), f"{where}:{only_name}"
+    if len(ready) > 1:
+        names = ", ".join(sorted(ready))
+        raise DropcheckError("load", f"{where} defines several models: {names}",
+                             f"pick one with {where}:NAME")
+    if len(candidates) == 1:  # one model, but its constructor needs arguments
+        (only_name, obj), = candidates.items()
+        return _as_factory(obj), f"{where}:{only_name}"
+    if candidates:
+        raise DropcheckError("load", f"{where}: no model can be built without arguments "
+                             f"({', '.join(sorted(candidates))})",
+                             f"pick one with {where}:NAME and pass its arguments with -a KEY=VALUE")
+    raise DropcheckError("load", f"{where} defines no nn.Module class or zero-argument factory",
+                         "define the model class in that file, or name it with :Name")
+
+
+def _all_candidates(module: types.ModuleType) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if _is_module_class(obj):
+            out[attr] = obj
+        elif inspect.isfunction(obj) and attr != "main" and _required_params(obj) == []:
+            out[attr] = obj
+    return out
+
+
+def _listing_hint(candidates: dict[str, Any]) -> str:
+    return f"candidates: {', '.join(sorted(candidates))}" if candidates else "the file defines no nn.Module class"
+
+
+def _is_module_class(obj: Any) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, nn.Module)
+
+
+def _required_params(fn: Any) -> list[str]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in sig.parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _callable_with(obj: Any, kwargs: dict[str, Any]) -> bool:
+    return all(name in kwargs for name in _required_params(obj))
+
+
+def _as_factory(obj: Any) -> Callable[..., Any]:
+    if isinstance(obj, nn.Module):  # a module-level instance: audit it as it is
+        return lambda **kw: obj
+    return obj
+
+
+# --- building ------------------------------------------------------------------------------------
+
+def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
+           devices: tuple[str, ...]) -> tuple[nn.Module, str, dict[str, SourceLocation]]:
+    """Build on the meta device (no weights materialised); fall back to CPU where that fails."""
+    missing = _required_params(factory) if callable(factory) else []
+    missing = [m for m in missing if m not in kwargs and m not in ("weights", "pretrained")]
+    if missing:
+        raise DropcheckError("load", f"{label}: the constructor needs {', '.join(missing)}",
+                             "pass them with -a KEY=VALUE, e.g. -a " + f"{missing[0]}=...")
+    first_error: BaseException | None = None
+    for device in devices:
+        by_id: dict[int, SourceLocation] = {}
+        try:
+            with _record_declarations(by_id), torch.device(device), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # constructors' deprecation chatter is not the user's report
+                model = factory(**kwargs)
+        except TypeError as exc:
+            if "argument" in str(exc):
+                raise DropcheckError("load", f"{label}: {_first_line(exc)}",
+                                     "check the -a KEY=VALUE constructor arguments") from exc
+            first_error = first_error or exc
+            continue
+        except DropcheckError:
+            raise
+        except Exception as exc:  # e.g. regnet: "Cannot copy out of meta tensor"
+            first_error = first_error or exc
+            continue
+        if not isinstance(model, nn.Module):
+            raise DropcheckError("load", f"{label} returned {type(model).__name__}, not an nn.Module",
+                                 "name a class or a function that returns the model")
+        declared = {name: by_id[id(m)] for name, m in model.named_modules() if id(m) in by_id}
+        return model, _device_of(model, device), declared
+    assert first_error is not None
+    where = _user_frame(first_error.__traceback__)
+    place = f" ({where})" if where else ""
+    raise DropcheckError("load", f"{label}: building the model failed{place}: "
+                         f"{type(first_error).__name__}: {_first_line(first_error)}",
+                         "check the constructor arguments (-a KEY=VALUE)") from first_error
+
+
+def _device_of(model: nn.Module, wanted: str) -> str:
+    for tensor in model.parameters():
+        return tensor.device.type
+    for tensor in model.buffers():
+        return tensor.device.type
+    return wanted
+
+
+def _declared_shape(model: nn.Module, origin: str) -> tuple[int, ...] | None:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, (tuple, list)) and shape and all(isinstance(d, int) for d in shape):
+        return tuple(shape)
+    size = getattr(model, "image_size", None)
+    if origin == "torchvision" and isinstance(size, int):
+        # the size the model was built for beats its weights' crop size, which describes the model
+        # built *with* those weights: vit_h_14's default weights make it 518x518, weights=None 224x224
+        return (1, 3, size, size)
+    return None
+
+
+@contextmanager
+def _record_declarations(by_id: dict[int, SourceLocation]) -> Iterator[None]:
+    """Remember the source line where each submodule was registered, keyed by object id."""
+    hook_api = getattr(torch.nn.modules.module, "register_module_module_registration_hook", None)
+    if hook_api is None:  # older torch: sources fall back to call sites
+        yield
+        return
+
+    def hook(parent: nn.Module, name: str, sub: Any) -> None:
+        if isinstance(sub, nn.Module) and id(sub) not in by_id:
+            loc = user_location(sys._getframe(1))
+            if loc is not None:
+                by_id[id(sub)] = loc
+
+    handle = hook_api(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _sys_path_front(path: str) -> Iterator[None]:
+    sys.path.insert(0, path)
+    try:
+        yield
+    finally:
+        try:
+            sys.path.remove(path)
+        except ValueError:
+            pass
+
+
+# --- source locations ----------------------------------------------------------------------------
+
+def is_library_frame(filename: str) -> bool:
+    """Frames of torch itself or of dropcheck are never 'the user's source'."""
+    return filename.startswith(_TORCH_DIR) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<")
+
+
+def user_location(frame: types.FrameType | None) -> SourceLocation | None:
+    while frame is not None:
+        if not is_library_frame(frame.f_code.co_filename):
+            return SourceLocation(display_path(frame.f_code.co_filename), frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+def _user_frame(tb: types.TracebackType | None) -> SourceLocation | None:
+    """The innermost traceback frame outside torch and dropcheck."""
+    found = None
+    while tb is not None:
+        if not is_library_frame(tb.tb_frame.f_code.co_filename):
+            found = SourceLocation(display_path(tb.tb_frame.f_code.co_filename), tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def display_path(filename: str) -> str:
+    """Relative to the working directory when inside it; else from the package root for installed code."""
+    path = os.path.abspath(filename)
+    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
+        if marker in path:  # installed code: timm/models/resnet.py reads better than a venv path
+            return path.split(marker, 1)[1]
+    cwd = os.getcwd()
+    if path.startswith(cwd + os.sep):
+        return os.path.relpath(path, cwd)
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

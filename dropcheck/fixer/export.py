@@ -1,0 +1,250 @@
+"""Write a fixed model: a directory of readable code + weights + change list, or one .pt file.
+
+Writes are atomic (a temporary sibling, renamed into place), an existing OUT is replaced only
+with --force, and what was written is loaded back and checked against the fixed model before
+it takes OUT's place.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from .. import __version__
+from ..atomic import umask
+from ..config import check_output
+from .fixed import import_lines
+from ..records import DropcheckError, FixResult
+from .verify import eval_mode, same_outputs
+
+_STANDARD = "torch.nn."
+
+
+def write_output(result: FixResult, out: Path, force: bool) -> list[Path]:
+    """A directory (module.py, state_dict.pt, changes.json), or one pickled model if OUT ends in .pt."""
+    check_output(out, force)
+    parent = out.resolve().parent
+    try:
+        if out.suffix == ".pt":
+            return [_write_pt(result, out, parent)]
+        return _write_folder(result, out, parent)
+    except OSError as exc:
+        raise DropcheckError("output", f"cannot write {out}: {exc.strerror or exc}", "check the path") from exc
+
+
+# --- .pt -----------------------------------------------------------------------------------------
+
+def _write_pt(result: FixResult, out: Path, parent: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".dropcheck-", suffix=".pt")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())
+    try:
+        torch.save(result.model, tmp)
+        _check_same(result, torch.load(tmp, weights_only=False), "the .pt file")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+# --- directory -----------------------------------------------------------------------------------
+
+def _write_folder(result: FixResult, out: Path, parent: Path) -> list[Path]:
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".dropcheck-"))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; OUT should look like any other folder
+    try:
+        names = _write_files(result, tmp)
+        _check_same(result, _import_folder(tmp), "the written module.py")
+        _swap_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return [out / n for n in names]
+
+
+def _write_files(result: FixResult, folder: Path) -> list[str]:
+    model = result.model
+    (folder / "modules").mkdir()
+    code, pickled = module_source(result)
+    for qual, module in pickled.items():
+        torch.save(module, folder / "modules" / f"{qual}.pt")
+    if not pickled:
+        (folder / "modules").rmdir()
+    torch.save(model.state_dict(), folder / "state_dict.pt")
+    torch.save(_extra_tensors(model), folder / "buffers.pt")
+    (folder / "module.py").write_text(code)
+    changes = {"schema": 1, "dropcheck_version": __version__, **result.to_dict(),
+               "files": ["module.py", "state_dict.pt", "buffers.pt", "changes.json"]
+               + [f"modules/{q}.pt" for q in pickled]}
+    (folder / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
+    return changes["files"]
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    backup = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=".dropcheck-old-"))
+    backup.rmdir()
+    os.rename(out, backup)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(backup, out)  # put the user's OUT back
+        raise
+    if backup.is_dir():
+        shutil.rmtree(backup)
+    else:
+        backup.unlink()
+
+
+def _extra_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Tensors forward needs that the state_dict does not hold: non-persistent buffers, tracer constants."""
+    extra = {}
+    for qual, module in model.named_modules():
+        for name in getattr(module, "_non_persistent_buffers_set", ()):
+            buf = module._buffers.get(name)
+            if buf is not None:
+                extra[f"{qual}.{name}" if qual else name] = buf
+    extra.update(getattr(model, "_constants", {}))
+    return extra
+
+
+# --- readable code -------------------------------------------------------------------------------
+
+def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
+    """module.py's text, and the modules it loads pickled (those with no readable constructor)."""
+    model = result.model
+    called = _called_modules(model.train_graph) | _called_modules(model.eval_graph)
+    lines, pickled = _tree_lines(model, called)
+    imports = [line for line in import_lines(model.globals) if line != "import torch"]
+    params = _signature(model.train_graph)
+    changes = "\n".join(f"  {c.action} {c.dropout or '(new)'} -> {c.to or 'removed'} ({c.rule or 'fix'}, p={c.p:g})"
+                        for c in result.changes) or "  (none)"
+    header = (f'"""{result.target} with its dropout placed by dropcheck {__version__} (Guidelines 1 and 2).\n\n'
+              f"Changes:\n{changes}\n\n"
+              "Use it: sys.path.insert(0, this folder); from module import FixedModel; model = FixedModel()\n"
+              "It loads its weights from state_dict.pt beside this file (a checkpoint of the original model loads\n"
+              'too: load_state_dict(..., strict=True)). forward dispatches on self.training to two traced bodies.\n"""\n')
+    body = "\n".join([
+        "import os", "", "import torch", *imports, "", '_HERE = os.path.dirname(os.path.abspath(__file__))', "", "",
+        "def _load(name):",
+        "    return torch.load(os.path.join(_HERE, name), weights_only=name.endswith(('state_dict.pt', 'buffers.pt')))",
+        "", "",
+        "class FixedModel(torch.nn.Module):",
+        "    def __init__(self):",
+        "        super().__init__()",
+        *[f"        {line}" for line in lines],
+        "        self.load_state_dict(_load('state_dict.pt'))",
+        "        for name, value in _load('buffers.pt').items():",
+        "            owner, _, attr = name.rpartition('.')",
+        "            module = self.get_submodule(owner) if owner else self",
+        "            if attr in module._buffers:",
+        "                module._buffers[attr] = value",
+        "            else:",
+        "                setattr(module, attr, value)",
+        "",
+        f"    def forward(self, {', '.join(params)}):",
+        "        if self.training:",
+        f"            return self._forward_train({', '.join(p.split('=')[0] for p in params)})",
+        f"        return self._forward_eval({', '.join(p.split('=')[0] for p in params)})",
+        "",
+        _indent(model.train_src), "", _indent(model.eval_src),
+    ])
+    return header + body.rstrip() + "\n", pickled
+
+
+def _called_modules(graph: fx.Graph) -> set[str]:
+    return {str(n.target) for n in graph.nodes if n.op == "call_module"}
+
+
+def _tree_lines(model: nn.Module, called: set[str]) -> tuple[list[str], dict[str, nn.Module]]:
+    lines: list[str] = []
+    pickled: dict[str, nn.Module] = {}
+
+    def visit(module: nn.Module, qual: str) -> None:
+        expr = _expr(qual)
+        lines.extend(_own_tensors(module, expr))
+        for name, child in module.named_children():
+            child_qual = f"{qual}.{name}" if qual else name
+            ctor = _constructor(child, child_qual in called)
+            if ctor is None:
+                pickled[child_qual] = child
+                ctor = f"_load('modules/{child_qual}.pt')"
+            lines.append(f"{expr}.add_module({name!r}, {ctor})")
+            if ctor == "torch.nn.Module()":
+                visit(child, child_qual)
+
+    visit(model, "")
+    return lines, pickled
+
+
+def _constructor(module: nn.Module, called: bool) -> str | None:
+    """torch.nn.X(...) from the repr where that rebuilds it; torch.nn.Module() for a container."""
+    has_children = next(iter(module.children()), None) is not None
+    if has_children and not called:
+        return "torch.nn.Module()"
+    cls = type(module)
+    text = repr(module)
+    if not has_children and getattr(nn, cls.__name__, None) is cls and "\n" not in text:
+        return _STANDARD + text
+    return None
+
+
+def _own_tensors(module: nn.Module, expr: str) -> list[str]:
+    lines = []
+    for name, p in module.named_parameters(recurse=False):
+        lines.append(f"{expr}.register_parameter({name!r}, torch.nn.Parameter(torch.empty({tuple(p.shape)}, "
+                     f"dtype={p.dtype}), requires_grad={p.requires_grad}))")
+    for name, b in module.named_buffers(recurse=False):
+        persistent = name not in module._non_persistent_buffers_set
+        lines.append(f"{expr}.register_buffer({name!r}, torch.empty({tuple(b.shape)}, dtype={b.dtype}), "
+                     f"persistent={persistent})")
+    return lines
+
+
+def _expr(qual: str) -> str:
+    return "self" + "".join(f".{p}" if p.isidentifier() else f".get_submodule({p!r})" for p in qual.split(".") if p)
+
+
+def _signature(graph: fx.Graph) -> list[str]:
+    return [f"{n.target}={n.args[0]!r}" if n.args else str(n.target) for n in graph.nodes if n.op == "placeholder"]
+
+
+def _indent(src: str) -> str:
+    return "\n".join(("    " + line) if line.strip() else "" for line in src.strip("\n").splitlines())
+
+
+# --- reading it back -----------------------------------------------------------------------------
+
+def _import_folder(folder: Path) -> nn.Module:
+    name = f"dropcheck_export_{abs(hash(str(folder)))}"
+    spec = importlib.util.spec_from_file_location(name, folder / "module.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        return module.FixedModel()
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _check_same(result: FixResult, loaded: nn.Module, what: str) -> None:
+    """What was written must compute what the fixed model computes (eval mode)."""
+    if not result.input_shape:
+        return
+    x = torch.randn(*result.input_shape, generator=torch.Generator().manual_seed(0))
+    with eval_mode(result.model), eval_mode(loaded), torch.no_grad():
+        same = same_outputs(result.model(x), loaded(x))
+    if not same:
+        raise DropcheckError("output", f"{what} does not reproduce the fixed model", "please report this; -o x.pt "
+                             "writes the model as one pickled file instead")

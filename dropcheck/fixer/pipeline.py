@@ -1,0 +1,60 @@
+"""Fix, end to end: capture -> plan -> rewrite -> verify, as one FixResult."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..analysis.pipeline import api_target, audit_captured
+from ..records import FixResult, Report, Target
+
+
+def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
+               progress: Callable[[str], None] | None = None) -> FixResult:
+    """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model."""
+    from ..analysis.capture import capture_graph
+    from ..analysis.check import repeated_in_branch
+    from ..analysis.sites import find_sites
+    from .fixed import graph_source
+    from .rewrite import build_fixed, plan_fix
+    from .verify import verify_fix
+
+    capture = capture_graph(target)
+    analysis = find_sites(capture)
+    plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
+    fixed = build_fixed(capture, plan)
+
+    def reaudit(model: Any) -> tuple[Report, int]:
+        # one capture of the fixed model serves the re-audit and the second fix; no ignore comments
+        # apply: the fix must leave nothing behind, silenced or not
+        again = Target(spec=target.spec, model=model, example_input=target.example_input, origin="api")
+        second = capture_graph(again, eval_graph=False)
+        second_analysis, report = audit_captured(again, second, ignores=False)
+        return report, len(plan_fix(second, second_analysis, None, None,
+                                    repeated_in_branch(second_analysis.sites)).changes)
+
+    if progress is not None:
+        progress("verifying")
+    checks = verify_fix(capture, fixed, target.inputs, any(s.always_on for s in analysis.sites), reaudit)
+    before = _code("train", graph_source(capture.graph_module.graph, "_forward_train")) + \
+        _code("eval", graph_source(capture.eval_graph_module.graph, "_forward_eval"))
+    after = _code("train", fixed.train_src) + _code("eval", fixed.eval_src)
+    return FixResult(target=target.spec, model=fixed, changes=plan.changes, checks=checks,
+                     unfixable=plan.unfixable, code_before=before, code_after=after, input_shape=target.input_shape)
+
+
+def _code(mode: str, src: str) -> str:
+    return f"# {mode} mode\n" + src.strip() + "\n\n"
+
+
+def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+               p: float | None = None, add: float | None = None,
+               progress: Callable[[str], None] | None = None) -> FixResult:
+    """Load with real weights and fix; raises DropcheckError for load, trace or shape failures."""
+    from ..analysis.load import load_target
+
+    return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add, progress)
+
+
+def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
+    """Python API: the fixed model (a new module; `model` is left as it was), changes and checks."""
+    return fix_loaded(api_target(model, example_input), p, add)

@@ -1,0 +1,405 @@
+"""Rerun the paper's module tests: Figure 1 (Proposition 2), Figure 3 (Propositions 3-4) and
+Proposition 5, each next to its closed form, and draw the figures.
+
+`p` is the KEEP probability throughout, as in the paper (Definition 1); PyTorch's
+`nn.Dropout` takes the drop probability, so every dropout here is `nn.Dropout(1 - p)`.
+Δ = Var_test / Var_train (Definition 2) is computed per unit over all samples, from float64
+streaming statistics (`ChannelStats`), then averaged over units. BatchNorms are calibrated
+with train-mode passes (cumulative running statistics) and then stay in eval mode, so only
+the dropout differs between the test and the train pass over the same inputs.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..records import DropcheckError
+from .stats import ChannelStats
+
+FIGURES = ("fig1", "fig3", "prop5")
+PAPER_BATCH = 100_000  # the paper's mini-batch, used on CUDA
+CPU_BATCH = 8192
+DEFAULT_BATCHES = 4
+
+FIG1_WIDTHS = (128, 256, 512, 1024, 2048)
+FIG1_MEANS = (-0.02, -0.01, 0.0, 0.01, 0.02)  # E[W]; the paper does not list its values
+FIG1_KEEP = 0.5
+FIG3_WIDTH = 128
+FIG3_KEEPS = (0.5, 0.6, 0.7, 0.8, 0.9)
+FIG3_VARIANCES = (0.25, 0.5, 1.0, 2.0, 4.0)  # Var[x0]
+PROP5_SIZES = (4, 7, 14)  # H = W
+PROP5_KEEPS = (0.5, 0.7, 0.9)
+PROP5_CHANNELS = 16
+# moments of ReLU(z), z ~ N(0, 1): eqs. (12)-(13) with γ = 1
+RELU_MEAN = 1.0 / math.sqrt(2.0 * math.pi)
+RELU_VAR = (math.pi - 1.0) / (2.0 * math.pi)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    device: torch.device
+    batch_size: int
+    batches: int
+    seed: int
+
+    def describe(self) -> str:
+        return f"batch {self.batch_size} x {self.batches} on {self.device.type} (the paper uses 10^5 on a GPU)"
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One figure's rows: measured values, closed forms, and whether the paper's ordering holds."""
+
+    figure: str
+    title: str
+    setup: str
+    claim: str
+    columns: tuple[tuple[str, str], ...]  # (row key, header)
+    rows: tuple[dict[str, Any], ...]  # each has "holds": True, False or None (claim not tested)
+    closed_pairs: tuple[tuple[str, str], ...]  # (measured key, closed-form key)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tested(self) -> int:
+        return sum(row["holds"] is not None for row in self.rows)
+
+    @property
+    def held(self) -> int:
+        return sum(row["holds"] is True for row in self.rows)
+
+    @property
+    def max_rel_error(self) -> float:
+        """Largest |measured / closed form - 1| over every row and pair."""
+        return max((abs(row[m] / row[c] - 1.0) for row in self.rows for m, c in self.closed_pairs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"figure": self.figure, "title": self.title, "setup": self.setup, "claim": self.claim,
+                "claim_holds": self.held, "claim_tested": self.tested, "max_rel_error": self.max_rel_error,
+                "closed_pairs": [list(pair) for pair in self.closed_pairs], "notes": list(self.notes),
+                "rows": [dict(row) for row in self.rows]}
+
+
+def make_setup(device: str = "auto", batch_size: int | None = None, batches: int = DEFAULT_BATCHES,
+               seed: int = 0) -> Setup:
+    """Resolve `auto` and the batch size (10^5 on CUDA as in the paper, smaller on CPU)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise DropcheckError("usage", f"unknown --device '{device}'", "choose one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DropcheckError("usage", "--device cuda: CUDA is not available", "use --device cpu or auto")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    resolved = torch.device("cuda" if use_cuda else "cpu")
+    size = batch_size if batch_size is not None else (PAPER_BATCH if use_cuda else CPU_BATCH)
+    if size < 2 or batches < 1:
+        raise DropcheckError("usage", f"--batch-size {size} x --batches {batches} is too small",
+                             "give a batch size of at least 2 and at least one batch")
+    return Setup(resolved, size, batches, seed)
+
+
+def total_steps(figure: str, setup: Setup) -> int:
+    """How many times `reproduce_figure` calls `progress` (calibration and measured batches)."""
+    per_point = {"fig1": 2 * len(FIG1_WIDTHS), "fig3": 2 * len(FIG3_VARIANCES), "prop5": 1}[figure]
+    return per_point * setup.batches
+
+
+def reproduce_figure(figure: str, setup: Setup, progress: Progress | None = None) -> Reproduction:
+    """Run one of FIGURES with its default grid; deterministic given `setup.seed`."""
+    runners = {"fig1": run_fig1, "fig3": run_fig3, "prop5": run_prop5}
+    if figure not in runners:
+        raise DropcheckError("usage", f"unknown figure '{figure}'", f"choose one of {', '.join(FIGURES)}")
+    try:
+        return runners[figure](setup, progress=progress)
+    except RuntimeError as exc:  # CUDA's OutOfMemoryError is one; the CPU allocator's message says so
+        if not isinstance(exc, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        raise DropcheckError("resources", f"out of memory at batch size {setup.batch_size} on {setup.device.type}",
+                             "give a smaller --batch-size and more --batches") from exc
+
+
+# --- shared pieces -------------------------------------------------------------------------------
+
+@contextmanager
+def _seeded(setup: Setup) -> Iterator[None]:
+    # the caller's RNG state is restored afterwards (style guide §6)
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(setup.seed)
+        yield
+
+
+def _he_linear(n: int, mean: float = 0.0) -> nn.Linear:
+    # Var[W] = 2/n (He initialisation); `mean` shifts E[W] as Figure 1 does
+    linear = nn.Linear(n, n, bias=False)
+    with torch.no_grad():
+        linear.weight.normal_(mean, math.sqrt(2.0 / n))
+    return linear
+
+
+def _bn_relu_w_bn_relu(n: int) -> nn.Sequential:
+    # momentum=None: running statistics are the plain average over the calibration batches
+    return nn.Sequential(nn.BatchNorm1d(n, momentum=None), nn.ReLU(), _he_linear(n),
+                         nn.BatchNorm1d(n, momentum=None), nn.ReLU())
+
+
+@torch.no_grad()
+def _calibrate(module: nn.Module, make_input: Callable[[], torch.Tensor], setup: Setup,
+               progress: Progress, label: str) -> None:
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.reset_running_stats()  # with momentum=None, stale counts would mix in an earlier input
+    module.train()
+    for _ in range(setup.batches):
+        module(make_input())
+        progress(f"calibrating {label}")
+    module.eval()
+
+
+def _dropout(keep: float) -> nn.Dropout:
+    return nn.Dropout(1.0 - keep).train()  # nn.Dropout takes the drop probability
+
+
+def _delta(test: ChannelStats, train: ChannelStats) -> float:
+    """Δ per unit, averaged over units."""
+    return float((test.variance / train.variance).mean())
+
+
+def _no_progress(_: str) -> None:
+    pass
+
+
+# --- Figure 1: PostDropout vs PreDropout (Proposition 2) -----------------------------------------
+
+def run_fig1(setup: Setup, widths: Sequence[int] = FIG1_WIDTHS, means: Sequence[float] = FIG1_MEANS,
+             keep: float = FIG1_KEEP, progress: Progress | None = None) -> Reproduction:
+    """Δ(Dropout(Wx)) and Δ(W Dropout(x)) for x from [BN-ReLU-W-BN-ReLU] fed N(0, 1)."""
+    rows: list[dict[str, Any]] = []
+    with _seeded(setup):
+        for n in widths:
+            rows.extend(_fig1_width(setup, n, means, keep, progress or _no_progress))
+    return Reproduction(
+        "fig1", "Figure 1 (Proposition 2): PostDropout Dropout(Wx) vs PreDropout W Dropout(x)", setup.describe(),
+        "Δ(Post) < Δ(Pre) < 1 for E[W] ≠ 0",
+        (("width", "width"), ("mean_w", "E[W]"), ("delta_post", "Δ(Post)"), ("closed_post", "eq. (6)"),
+         ("delta_pre", "Δ(Pre)"), ("closed_pre", "closed"), ("holds", "holds")),
+        tuple(rows), (("delta_post", "closed_post"), ("delta_pre", "closed_pre")),
+        (f"keep p = {keep:g}, Var[W] = 2/n; the E[W] grid is ours (the paper does not list its values)",
+         "closed forms use the measured test-phase moments of z = Wx and x: eq. (6) for Post; for Pre "
+         "Var_train = Var[z] + (1-p)/p · Σ_j w_ij² E[x_j²], eq. (6) applied to each input"))
+
+
+@torch.no_grad()
+def _fig1_width(setup: Setup, n: int, means: Sequence[float], keep: float, progress: Progress) -> list[dict[str, Any]]:
+    device, size = setup.device, setup.batch_size
+    pipeline = _bn_relu_w_bn_relu(n).to(device)
+    weights = [_he_linear(n, mean).weight.detach().to(device) for mean in means]
+    drop = _dropout(keep)
+    _calibrate(pipeline, lambda: torch.randn(size, n, device=device), setup, progress, f"width {n}")
+    x_stats = ChannelStats()
+    stats = [(ChannelStats(), ChannelStats(), ChannelStats()) for _ in means]  # test, post, pre
+    for _ in range(setup.batches):
+        x = pipeline(torch.randn(size, n, device=device))
+        x_stats.update(x)
+        for w, (test, post, pre) in zip(weights, stats):
+            z = x @ w.T
+            test.update(z)
+            post.update(drop(z))
+            pre.update(drop(x) @ w.T)
+        progress(f"measuring width {n}")
+    x_square = x_stats.variance + x_stats.mean ** 2
+    return [_fig1_row(n, mean, keep, w, x_square, *s) for mean, w, s in zip(means, weights, stats)]
+
+
+def _fig1_row(n: int, mean: float, keep: float, w: torch.Tensor, x_square: torch.Tensor,
+              test: ChannelStats, post: ChannelStats, pre: ChannelStats) -> dict[str, Any]:
+    var_z, mean_z = test.variance, test.mean
+    drop_term = (1.0 - keep) / keep
+    closed_post = var_z / (var_z / keep + drop_term * mean_z ** 2)  # eq. (6)
+    closed_pre = var_z / (var_z + drop_term * ((w.double() ** 2) @ x_square))
+    delta_post, delta_pre = _delta(test, post), _delta(test, pre)
+    holds = None if mean == 0 else delta_post < delta_pre < 1.0
+    return {"width": n, "mean_w": mean, "delta_post": delta_post, "closed_post": float(closed_post.mean()),
+            "delta_pre": delta_pre, "closed_pre": float(closed_pre.mean()), "holds": holds}
+
+
+# --- Figure 3: non-residual vs residual block (Propositions 3-4) ---------------------------------
+
+def run_fig3(setup: Setup, keeps: Sequence[float] = FIG3_KEEPS, variances: Sequence[float] = FIG3_VARIANCES,
+             n: int = FIG3_WIDTH, progress: Progress | None = None) -> Reproduction:
+    """Δ(f(x0)) and Δ(x0 + f(x0)) for the [BN-ReLU-W-BN-ReLU-Dropout-W] branch f, dropout at P6."""
+    rows: list[dict[str, Any]] = []
+    with _seeded(setup):
+        head, tail = _bn_relu_w_bn_relu(n).to(setup.device), _he_linear(n).to(setup.device)
+        for var_x0 in variances:
+            rows.extend(_fig3_variance(setup, head, tail, var_x0, keeps, progress or _no_progress))
+    rows.sort(key=lambda row: (row["keep"], row["var_x0"]))
+    return Reproduction(
+        "fig3", "Figure 3 (Propositions 3-4): non-residual f(x0) vs residual x0 + f(x0)", setup.describe(),
+        "Δ(non-residual) < Δ(residual) < 1",
+        (("keep", "p"), ("var_x0", "Var[x0]"), ("delta_f", "Δ(f)"), ("closed_f", "eq. (29)"),
+         ("delta_res", "Δ(x0+f)"), ("closed_res", "eq. (31)"), ("holds", "holds")),
+        tuple(rows), (("delta_f", "closed_f"), ("delta_res", "closed_res")),
+        (f"width n = {n}, He initialisation N(0, 2/n), first block (l = 0), γ = 1",))
+
+
+@torch.no_grad()
+def _fig3_variance(setup: Setup, head: nn.Module, tail: nn.Linear, var_x0: float, keeps: Sequence[float],
+                   progress: Progress) -> list[dict[str, Any]]:
+    device, size, n = setup.device, setup.batch_size, tail.in_features
+
+    def make_x0() -> torch.Tensor:
+        return math.sqrt(var_x0) * torch.randn(size, n, device=device)
+
+    # the first BN sees Var[x0]: recalibrate for every value
+    _calibrate(head, make_x0, setup, progress, f"Var[x0] = {var_x0:g}")
+    f_test, res_test = ChannelStats(), ChannelStats()
+    train = [(ChannelStats(), ChannelStats()) for _ in keeps]  # f, x0 + f
+    for _ in range(setup.batches):
+        x0 = make_x0()
+        h = head(x0)
+        f = tail(h)
+        f_test.update(f)
+        res_test.update(x0 + f)
+        for keep, (f_train, res_train) in zip(keeps, train):
+            f = tail(_dropout(keep)(h))
+            f_train.update(f)
+            res_train.update(x0 + f)
+        progress(f"measuring Var[x0] = {var_x0:g}")
+    return [_fig3_row(keep, var_x0, _delta(f_test, f_train), _delta(res_test, res_train))
+            for keep, (f_train, res_train) in zip(keeps, train)]
+
+
+def _fig3_row(keep: float, var_x0: float, delta_f: float, delta_res: float) -> dict[str, Any]:
+    return {"keep": keep, "var_x0": var_x0, "delta_f": delta_f, "closed_f": closed_fig3(keep),
+            "delta_res": delta_res, "closed_res": closed_fig3(keep, var_x0), "holds": delta_f < delta_res < 1.0}
+
+
+def closed_fig3(keep: float, var_x0: float | None = None) -> float:
+    """Eq. (29) for the non-residual block; eq. (31) with l = 0, γ = 1 for the residual one."""
+    test, train = (math.pi - 1.0) / math.pi, (math.pi / keep - 1.0) / math.pi  # eqs. (18)-(19)
+    if var_x0 is None:
+        return test / train
+    return (var_x0 + test) / (var_x0 + train)
+
+
+# --- Proposition 5: dropout before (H4) vs after (H5) global average pooling ----------------------
+
+def run_prop5(setup: Setup, sizes: Sequence[int] = PROP5_SIZES, keeps: Sequence[float] = PROP5_KEEPS,
+              channels: int = PROP5_CHANNELS, progress: Progress | None = None) -> Reproduction:
+    """Var[GAP(Dropout(x))] vs Var[Dropout(GAP(x))] for x = ReLU(N(0, 1)) feature maps."""
+    with _seeded(setup), torch.no_grad():
+        stats = {(s, keep): (ChannelStats(), ChannelStats()) for s in sizes for keep in keeps}  # H4, H5
+        gap_stats = {s: ChannelStats() for s in sizes}
+        for _ in range(setup.batches):
+            for s in sizes:
+                x = torch.relu(torch.randn(setup.batch_size, channels, s, s, device=setup.device))
+                gap = x.mean(dim=(2, 3))
+                gap_stats[s].update(gap)
+                for keep in keeps:
+                    h4, h5 = stats[(s, keep)]
+                    h4.update(_dropout(keep)(x).mean(dim=(2, 3)))  # element-wise masks
+                    h5.update(_dropout(keep)(gap))  # one mask per channel
+            (progress or _no_progress)("measuring")
+    rows = tuple(_prop5_row(s, keep, gap_stats[s], *stats[(s, keep)]) for s in sizes for keep in keeps)
+    return Reproduction(
+        "prop5", "Proposition 5: GAP(Dropout(x)) at H4 vs Dropout(GAP(x)) at H5", setup.describe(),
+        "Var[H4] < Var[H5]",
+        (("size", "HxW"), ("keep", "p"), ("var_gap", "Var[GAP]"), ("closed_gap", "σ²/S"),
+         ("var_h4", "Var[H4]"), ("closed_h4", "closed"), ("var_h5", "Var[H5]"), ("closed_h5", "closed"),
+         ("holds", "holds")),
+        rows, (("var_gap", "closed_gap"), ("var_h4", "closed_h4"), ("var_h5", "closed_h5")),
+        (f"x = ReLU(N(0, 1)), {channels} channels, i.i.d. entries with μ = 1/√(2π), σ² = (π-1)/(2π); "
+         "S = H·W; variances are averaged over channels",))
+
+
+def _prop5_row(s: int, keep: float, gap: ChannelStats, h4: ChannelStats, h5: ChannelStats) -> dict[str, Any]:
+    var_h4, var_h5 = float(h4.variance.mean()), float(h5.variance.mean())
+    closed = closed_prop5(keep, s * s)
+    return {"size": f"{s}x{s}", "keep": keep, "var_gap": float(gap.variance.mean()), "closed_gap": closed["gap"],
+            "var_h4": var_h4, "closed_h4": closed["h4"], "var_h5": var_h5, "closed_h5": closed["h5"],
+            "holds": var_h4 < var_h5}
+
+
+def closed_prop5(keep: float, positions: int) -> dict[str, float]:
+    """Var of GAP(x), GAP(Dropout(x)) and Dropout(GAP(x)) for i.i.d. ReLU(N(0, 1)) entries."""
+    drop_term = (1.0 - keep) / keep
+    return {"gap": RELU_VAR / positions,
+            "h4": (RELU_VAR / keep + drop_term * RELU_MEAN ** 2) / positions,  # eq. (6), then the mean of S
+            "h5": RELU_VAR / positions / keep + drop_term * RELU_MEAN ** 2}  # eq. (6) on GAP(x)
+
+
+# --- the figures ---------------------------------------------------------------------------------
+
+def require_matplotlib() -> None:
+    """Fail early, before a long run, when --plot cannot be honoured."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        raise DropcheckError("dependency", "--plot needs matplotlib, which is not installed",
+                             "pip install dropcheck[plot]") from exc
+
+
+def plot_reproduction(result: Reproduction, path: Path) -> None:
+    """Draw `result` as the paper's figure into a PNG at `path`."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, and none is touched
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    try:
+        {"fig1": _plot_fig1, "fig3": _plot_fig3, "prop5": _plot_prop5}[result.figure](result, ax)
+        ax.set_title(result.title, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+    except OSError as exc:
+        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path and permissions") from exc
+    finally:
+        plt.close(fig)
+
+
+def _lines(ax: Any, rows: Sequence[dict[str, Any]], group: str, x: str, y: str, label: str, style: str) -> None:
+    # one colour per group value, so the solid and dashed lines of one setting match
+    for index, value in enumerate(dict.fromkeys(row[group] for row in rows)):
+        part = [row for row in rows if row[group] == value]
+        ax.plot([row[x] for row in part], [row[y] for row in part], style, color=f"C{index}", marker="o",
+                markersize=3, label=label.format(value))
+
+
+def _plot_fig1(result: Reproduction, ax: Any) -> None:
+    _lines(ax, result.rows, "mean_w", "width", "delta_post", "Post, E[W]={:g}", "-")
+    _lines(ax, result.rows, "mean_w", "width", "delta_pre", "Pre, E[W]={:g}", "--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width n")
+    ax.set_ylabel("Δ = Var_test / Var_train")
+
+
+def _plot_fig3(result: Reproduction, ax: Any) -> None:
+    _lines(ax, result.rows, "keep", "var_x0", "delta_res", "residual, p={:g}", "-")
+    _lines(ax, result.rows, "keep", "var_x0", "delta_f", "non-residual, p={:g}", "--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("Var[x0]")
+    ax.set_ylabel("Δ = Var_test / Var_train")
+
+
+def _plot_prop5(result: Reproduction, ax: Any) -> None:
+    labels = [f"{row['size']}\np={row['keep']:g}" for row in result.rows]
+    places = range(len(labels))
+    ax.bar([i - 0.2 for i in places], [row["var_h4"] for row in result.rows], 0.4, label="GAP(Dropout(x)) H4")
+    ax.bar([i + 0.2 for i in places], [row["var_h5"] for row in result.rows], 0.4, label="Dropout(GAP(x)) H5")
+    for offset, key in ((-0.2, "closed_h4"), (0.2, "closed_h5")):
+        ax.scatter([i + offset for i in places], [row[key] for row in result.rows], marker="_", s=300, color="k",
+                   label="closed form" if key == "closed_h4" else None)
+    ax.set_xticks(list(places), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("variance (train phase)")
