@@ -6,8 +6,6 @@ torch; the pipeline is loaded on first use so the CLI's `rules` and `explain` st
 """
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 from .records import DropcheckError, Finding, FixResult, Report, Severity, Site, SiteKind
@@ -39,17 +37,3 @@ def measure(model: Any, example_input: Any, **options: Any) -> Report:
     from .measurement.pipeline import measure as _measure
 
     return _measure(model, example_input, **options)
-
-
-class _Package(types.ModuleType):
-    """The package module. Loading the submodule `dropcheck.measure` (the measure stage) makes the
-    import system bind it as the package attribute `measure`, which would replace the API function
-    above after the first call; the submodule stays importable through sys.modules."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("audit", "fix", "measure") and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

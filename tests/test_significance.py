@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from dropcheck.training.significance import (VERDICTS, PairedDifference, Summary, paired_difference, summarize, t_quantile)
+from dropcheck.records.statistics import (VERDICTS, PairedDifference, Summary, paired_difference, summarize, t_quantile)
 
 pytest.importorskip("scipy", minversion="1.10")  # ttest_rel(...).confidence_interval arrived in 1.10
 import scipy.stats as scipy_stats  # noqa: E402

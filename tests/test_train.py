@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import stats
 
-from dropcheck.training.comparison import Comparison, RunResult, same_settings
+from dropcheck.records.training import Comparison, Listener, RunResult, check_pairing, same_settings
 from dropcheck.training.distributed import World
 from dropcheck.analysis.load import load_target
 from dropcheck.training.pipeline import train_compare_target
-from dropcheck.training.loop import (Listener, Recipe, check_pairing, input_fingerprint, seeds_from, state_fingerprint, train_run)
+from dropcheck.training.loop import (Recipe, input_fingerprint, seeds_from, state_fingerprint, train_run)
 from dropcheck.training.data import load_train_data
 from dropcheck.records import DropcheckError
 

@@ -23,7 +23,7 @@ from torch import fx, nn
 from ..analysis import ops
 from .fixed import FixedModel, make_fixed_model
 from ..analysis.graph import ADD, BN, WEIGHT, Graph
-from ..records import Analysis, Capture, DropcheckError, Site, SiteKind
+from ..records import Analysis, Capture, Change, DropcheckError, Site, SiteKind
 
 _MOVED_BY_KIND = {
     SiteKind.BRANCH_PRE_BN: "DC001",
@@ -53,24 +53,6 @@ class Point:
     label: str  # for people: "before stages.0.0.conv2"
     position: str | None  # P6, H4, or None (end of a ResNetV1 branch)
     merge: str = ""  # display name of the residual merge whose branch this is ("" outside a branch)
-
-
-@dataclass(frozen=True)
-class Change:
-    """One line of the change list: what moved (or was converted, added, removed), and why."""
-
-    action: str  # "move", "remove", "convert", "add"
-    dropout: str  # site id before the fix ("" for an added one)
-    to: str  # where it is now (label), or "" when removed
-    p: float
-    rule: str  # the rule code that asked for it, "" for conversions and --add
-    module: str  # the dropout module that does the work after the fix
-    from_position: str | None = None
-    to_position: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "dropout": self.dropout, "to": self.to, "p": self.p, "rule": self.rule,
-                "module": self.module, "from_position": self.from_position, "to_position": self.to_position}
 
 
 @dataclass

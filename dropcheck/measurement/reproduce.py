@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..records import DropcheckError
+from ..records import DropcheckError, Reproduction
 from .stats import ChannelStats
 
 FIGURES = ("fig1", "fig3", "prop5")
@@ -54,39 +54,6 @@ class Setup:
 
     def describe(self) -> str:
         return f"batch {self.batch_size} x {self.batches} on {self.device.type} (the paper uses 10^5 on a GPU)"
-
-
-@dataclass(frozen=True)
-class Reproduction:
-    """One figure's rows: measured values, closed forms, and whether the paper's ordering holds."""
-
-    figure: str
-    title: str
-    setup: str
-    claim: str
-    columns: tuple[tuple[str, str], ...]  # (row key, header)
-    rows: tuple[dict[str, Any], ...]  # each has "holds": True, False or None (claim not tested)
-    closed_pairs: tuple[tuple[str, str], ...]  # (measured key, closed-form key)
-    notes: tuple[str, ...] = ()
-
-    @property
-    def tested(self) -> int:
-        return sum(row["holds"] is not None for row in self.rows)
-
-    @property
-    def held(self) -> int:
-        return sum(row["holds"] is True for row in self.rows)
-
-    @property
-    def max_rel_error(self) -> float:
-        """Largest |measured / closed form - 1| over every row and pair."""
-        return max((abs(row[m] / row[c] - 1.0) for row in self.rows for m, c in self.closed_pairs), default=0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"figure": self.figure, "title": self.title, "setup": self.setup, "claim": self.claim,
-                "claim_holds": self.held, "claim_tested": self.tested, "max_rel_error": self.max_rel_error,
-                "closed_pairs": [list(pair) for pair in self.closed_pairs], "notes": list(self.notes),
-                "rows": [dict(row) for row in self.rows]}
 
 
 def make_setup(device: str = "auto", batch_size: int | None = None, batches: int = DEFAULT_BATCHES,

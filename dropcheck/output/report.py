@@ -475,7 +475,7 @@ def _module_type(model: Any, qualname: str) -> str:
 from typing import TYPE_CHECKING  # noqa: E402 - kept with the block that needs it
 
 if TYPE_CHECKING:  # reproduce.py imports torch; this module never does
-    from ..measurement.reproduce import Reproduction
+    from ..records import Reproduction
 
 
 @contextmanager

@@ -19,9 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..training.comparison import SCHEMA, Comparison, RunResult
+from ..records.training import SCHEMA, Comparison, Listener, RunResult, check_pairing
 from ..records import DropcheckError
-from ..training.loop import Listener, check_pairing
 
 _VERDICT_STYLE = {"better": "green", "worse": "red", "no detectable difference": "yellow", "too few seeds": "dim"}
 

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .comparison import Comparison, RunResult
 from .distributed import World, batch_order, broadcast_buffers, sum_across
-from ..records import DropcheckError
+from ..records import Comparison, DropcheckError, Listener, RunResult
 from .data import TrainData, steps_per_epoch, test_batches, train_batches
 
 
@@ -43,16 +42,6 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "optimizer": "SGD (Nesterov)", "schedule": "cosine per step"}
-
-
-class Listener:
-    """What the trainer tells the outside (progress bars, the results file). No-ops by default."""
-
-    def comparison_started(self, comparison: Comparison, epochs: int, steps: int) -> None: ...
-    def run_started(self, variant: str, seed: int, epochs: int, steps: int) -> None: ...
-    def step_done(self) -> None: ...
-    def epoch_done(self, variant: str, seed: int, record: dict[str, float]) -> None: ...
-    def run_done(self, comparison: Comparison, result: RunResult) -> None: ...
 
 
 def compare_training(comparison: Comparison, models: dict[str, nn.Module],
@@ -215,17 +204,6 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
             h.update(str(value.dtype).encode())
             h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def check_pairing(comparison: Comparison) -> list[str]:
-    """Seeds whose runs did not share initial weights or batch order (should be none)."""
-    problems = []
-    for seed in comparison.seeds:
-        runs = [r for r in comparison.runs if r.seed == seed]
-        for what in ("init_sha", "order_sha"):
-            if len({getattr(r, what) for r in runs}) > 1:
-                problems.append(f"seed {seed}: variants differ in {'initial weights' if what == 'init_sha' else 'batch order'}")
-    return problems
 
 
 def _grad_scaler(device: torch.device, enabled: bool) -> Any:

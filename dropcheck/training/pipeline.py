@@ -20,7 +20,7 @@ def train_compare_target(spec: str, model_args: dict[str, Any] | None, input_sha
     """
     import torch
 
-    from .comparison import Comparison
+    from ..records import Comparison
     from .distributed import World
     from ..analysis.load import load_target
     from .loop import compare_training, validate_outputs
@@ -91,7 +91,7 @@ def _distinct(built: list[Any]) -> tuple[list[Any], list[str]]:
 
 def _resumed_runs(resume: Any, comparison: Any) -> list[Any]:
     """The finished runs of an earlier --output that belong to this comparison; refuse other settings."""
-    from .comparison import same_settings
+    from ..records.training import same_settings
 
     differ = same_settings(resume.settings, comparison.settings)
     if resume.settings.get("device", "cpu").split(":")[0] != comparison.settings["device"].split(":")[0]:

@@ -1,15 +1,16 @@
 """Records of a train-compare: one RunResult per (variant, seed), the Comparison that pairs them.
 
-Made by train.py, rendered by train_report.py, written as JSON (and read back for --resume).
+Made by training.loop, rendered by output, written as JSON (and read back for --resume). The Listener
+is what the trainer tells the outside (progress bars, the results file).
 Accuracies are percentages. The verdict compares each variant with the baseline on final test
-accuracy, paired by seed (significance.paired_difference); best accuracy is shown beside it.
+accuracy, paired by seed (statistics.paired_difference); best accuracy is shown beside it.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .significance import PairedDifference, Summary, paired_difference, summarize
+from .statistics import PairedDifference, Summary, paired_difference, summarize
 
 SCHEMA = 1
 
@@ -149,3 +150,24 @@ def same_settings(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
         if saved.get(key) != wanted.get(key):
             out.append(key)
     return out
+
+
+def check_pairing(comparison: Comparison) -> list[str]:
+    """Seeds whose runs did not share initial weights or batch order (should be none)."""
+    problems = []
+    for seed in comparison.seeds:
+        runs = [r for r in comparison.runs if r.seed == seed]
+        for what in ("init_sha", "order_sha"):
+            if len({getattr(r, what) for r in runs}) > 1:
+                problems.append(f"seed {seed}: variants differ in {'initial weights' if what == 'init_sha' else 'batch order'}")
+    return problems
+
+
+class Listener:
+    """What the trainer tells the outside (progress bars, the results file). No-ops by default."""
+
+    def comparison_started(self, comparison: Comparison, epochs: int, steps: int) -> None: ...
+    def run_started(self, variant: str, seed: int, epochs: int, steps: int) -> None: ...
+    def step_done(self) -> None: ...
+    def epoch_done(self, variant: str, seed: int, record: dict[str, float]) -> None: ...
+    def run_done(self, comparison: Comparison, result: RunResult) -> None: ...

@@ -1,4 +1,4 @@
-"""Records that cross stage boundaries.
+"""Records of the audit: targets, captures, sites, findings, rules and the Report.
 
 Plain frozen dataclasses and string enums: importing this module never imports torch,
 so `dropcheck rules` and `dropcheck explain` stay fast. Records other than Target and
@@ -333,62 +333,3 @@ class Capture:
     notes: list[str] = field(default_factory=list)
     owners: dict[str, str] = field(default_factory=dict)  # train fx node name -> owning module
     eval_owners: dict[str, str] = field(default_factory=dict)  # eval fx node name -> owning module
-
-
-@dataclass(frozen=True)
-class Check:
-    """One verification line of `dropcheck fix`."""
-
-    name: str
-    ok: bool
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
-
-
-@dataclass
-class FixResult:
-    """The fixed model, what changed, and the checks it passed (fix -> report, export, train)."""
-
-    target: str
-    model: Any  # FixedModel
-    changes: list[Any]  # fix.Change
-    checks: list[Check]
-    unfixable: list[str]
-    code_before: str
-    code_after: str
-    input_shape: list[int] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.unfixable and all(c.ok for c in self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "ok": self.ok,
-            "input_shape": self.input_shape,
-            "changes": [c.to_dict() for c in self.changes],
-            "verification": [c.to_dict() for c in self.checks],
-            "unfixable": list(self.unfixable),
-        }
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Δ at one BatchNorm input or residual-merge output (measure -> report)."""
-
-    node: str
-    module: str | None  # None for functional BatchNorm and merges
-    kind: str  # "batchnorm" or "merge"
-    delta_mean: float
-    delta_min: float
-    symmetric_mean: float  # Li et al.'s max(r, 1/r), for comparison with their figures
-    reached_by: tuple[str, ...]
-    flagged: bool  # the audit says a dropout reaches this BatchNorm before any merge (DC001)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "module": self.module, "kind": self.kind, "delta_mean": self.delta_mean,
-                "delta_min": self.delta_min, "symmetric_mean": self.symmetric_mean,
-                "reached_by": list(self.reached_by), "flagged": self.flagged}

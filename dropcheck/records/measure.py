@@ -1,0 +1,57 @@
+"""Records of measure and reproduce: Δ at one node, and one reproduced figure of the paper."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Δ at one BatchNorm input or residual-merge output (measure -> report)."""
+
+    node: str
+    module: str | None  # None for functional BatchNorm and merges
+    kind: str  # "batchnorm" or "merge"
+    delta_mean: float
+    delta_min: float
+    symmetric_mean: float  # Li et al.'s max(r, 1/r), for comparison with their figures
+    reached_by: tuple[str, ...]
+    flagged: bool  # the audit says a dropout reaches this BatchNorm before any merge (DC001)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "module": self.module, "kind": self.kind, "delta_mean": self.delta_mean,
+                "delta_min": self.delta_min, "symmetric_mean": self.symmetric_mean,
+                "reached_by": list(self.reached_by), "flagged": self.flagged}
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One figure's rows: measured values, closed forms, and whether the paper's ordering holds."""
+
+    figure: str
+    title: str
+    setup: str
+    claim: str
+    columns: tuple[tuple[str, str], ...]  # (row key, header)
+    rows: tuple[dict[str, Any], ...]  # each has "holds": True, False or None (claim not tested)
+    closed_pairs: tuple[tuple[str, str], ...]  # (measured key, closed-form key)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tested(self) -> int:
+        return sum(row["holds"] is not None for row in self.rows)
+
+    @property
+    def held(self) -> int:
+        return sum(row["holds"] is True for row in self.rows)
+
+    @property
+    def max_rel_error(self) -> float:
+        """Largest |measured / closed form - 1| over every row and pair."""
+        return max((abs(row[m] / row[c] - 1.0) for row in self.rows for m, c in self.closed_pairs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"figure": self.figure, "title": self.title, "setup": self.setup, "claim": self.claim,
+                "claim_holds": self.held, "claim_tested": self.tested, "max_rel_error": self.max_rel_error,
+                "closed_pairs": [list(pair) for pair in self.closed_pairs], "notes": list(self.notes),
+                "rows": [dict(row) for row in self.rows]}
