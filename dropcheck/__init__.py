@@ -10,7 +10,7 @@ from typing import Any
 
 from .records import DropcheckError, Finding, FixResult, Report, Severity, Site, SiteKind
 
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = ["audit", "fix", "measure", "Report", "FixResult", "Site", "SiteKind", "Finding", "Severity", "DropcheckError",
            "__version__"]
 
