@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import __version__
+from ..version import __version__
 from ..records import Comparison, DropcheckError, FixResult, Report, Reproduction, Rule
 from .console import write_plain
 

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from .. import __version__
+from ..version import __version__
 from ..records import Finding, Report, Rule, Severity, SourceLocation
 from .locations import finding_location, target_file
 from .markdown import explain_markdown
