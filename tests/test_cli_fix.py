@@ -20,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from dropcheck import __version__
-from dropcheck.output import report
+from dropcheck.output.text.fix import render_fix
 from dropcheck.records import Check, FixResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,11 +191,11 @@ def test_usage_errors_are_one_line_and_import_no_torch(args: list[str], text: st
 
 # --- rendering, in process (no model needed) -----------------------------------------------------
 
-_MODEL = types.SimpleNamespace(fixed_from="Net")  # what report.py reads of a FixedModel
+_MODEL = types.SimpleNamespace(fixed_from="Net")  # what output.text.fix reads of a FixedModel
 
 
 class _Change:
-    """The fields of fix.Change that report.py reads (fix.py itself imports torch)."""
+    """The fields of records.Change that FixResult.describe_change reads."""
 
     def __init__(self, action: str, dropout: str, to: str, p: float, rule: str, module: str,
                  from_position: str | None = None, to_position: str | None = None) -> None:
@@ -211,7 +211,7 @@ def test_unfixable_sites_and_failed_checks_are_rendered_and_nothing_is_written()
                        checks=[Check("eval outputs", True, "bit-identical"), Check("re-audit", False, "DC001 on drop")],
                        code_before="", code_after="", input_shape=[1, 3, 8, 8])
     buffer = io.StringIO()
-    report.render_fix(result, Console(file=buffer, force_terminal=False, width=40))
+    render_fix(result, Console(file=buffer, force_terminal=False, width=40))
     lines = buffer.getvalue().splitlines()
     assert lines[0] == "m.py: Net, input 1x3x8x8"
     assert "  cannot fix  drop: no place for it (DC001)" in lines
@@ -229,7 +229,7 @@ def test_every_kind_of_change_is_one_line() -> None:
     result = FixResult(target="m.py", model=_MODEL, changes=changes, checks=[], unfixable=[],
                        code_before="", code_after="")
     buffer = io.StringIO()
-    report.render_fix(result, Console(file=buffer, force_terminal=False, width=40))
+    render_fix(result, Console(file=buffer, force_terminal=False, width=40))
     lines = buffer.getvalue().splitlines()[1:]
     assert lines == ["  remove  b.drop2  P2, one dropout stays: b.drop at P6  (DC004)",
                      "  convert  /dropout  -> nn.Dropout dropout_1 in place  (DC006, p=0.3)",
@@ -240,7 +240,7 @@ def test_no_changes_says_the_model_already_follows_the_guidelines() -> None:
     result = FixResult(target="m.py", model=_MODEL, changes=[], checks=[Check("re-audit", True, "clean")],
                        unfixable=[], code_before="a\n", code_after="a\n")
     buffer = io.StringIO()
-    report.render_fix(result, Console(file=buffer, force_terminal=False, width=40), diff=True)
+    render_fix(result, Console(file=buffer, force_terminal=False, width=40), diff=True)
     text = buffer.getvalue()
     assert "no changes: the model already follows Guidelines 1 and 2" in text
     assert "(the forward code is unchanged)" in text

@@ -1,4 +1,4 @@
-"""report.py renders hand-built records: plain text when piped, rich on a terminal, JSON schema 1.
+"""output renders hand-built records: plain text when piped, rich on a terminal, JSON schema 1.
 
 No torch here: the records are built by hand, so these tests pin the output format alone.
 """
@@ -12,7 +12,11 @@ import pytest
 from rich.console import Console
 
 from dropcheck import __version__
-from dropcheck.output import report
+from dropcheck.output.formats import render_audit, render_rules
+from dropcheck.output.json_documents import audit_document
+from dropcheck.output.progress import audit_progress
+from dropcheck.output.summary import summary_line
+from dropcheck.output.text.rules import render_explain
 from dropcheck.records import (CaptureInfo, DropcheckError, Finding, OpaqueRegion, Report, Rule, Severity, Site, SiteKind, SourceLocation, StochasticDepthSite)
 
 SRC = SourceLocation("examples/preresnet.py", 104)
@@ -63,7 +67,7 @@ def _error_report(target: str = "broken.py") -> Report:
 def _render(reports: list[Report], *, terminal: bool, fmt: str = "text") -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=terminal, width=120, color_system="truecolor" if terminal else None)
-    report.render(reports, fmt, console)
+    render_audit(reports, fmt, console)
     return buffer.getvalue()
 
 
@@ -115,7 +119,7 @@ def test_a_single_failed_target_is_one_line_with_kind_and_hint() -> None:
 def test_summary_counts_findings_and_failed_targets() -> None:
     lines = _render([_ok_report(), _ok_report(), _error_report()], terminal=False).splitlines()
     assert lines[-1] == "3 targets audited: 2 errors, 2 warnings, 2 info; 1 target failed"
-    assert report.summary_line([_ok_report()]) == "1 target audited: 1 error, 1 warning, 1 info"
+    assert summary_line([_ok_report()]) == "1 target audited: 1 error, 1 warning, 1 info"
 
 
 def test_plain_lines_never_wrap_nor_read_markup() -> None:
@@ -157,7 +161,7 @@ def test_terminal_verdicts_are_coloured_by_severity() -> None:
 
 def test_json_document_has_schema_version_and_results() -> None:
     document = json.loads(_render([_ok_report(), _error_report()], terminal=False, fmt="json"))
-    assert document == report.to_json_document([_ok_report(), _error_report()])
+    assert document == audit_document([_ok_report(), _error_report()])
     assert document["schema"] == 1 and document["dropcheck_version"] == __version__
     ok, failed = document["results"]
     for key in ("target", "status", "error", "model", "input_shape", "dropouts", "findings", "measurements"):
@@ -187,28 +191,28 @@ RULE = Rule(code="DC001", name="dropout-before-batchnorm", severity=Severity.ERR
 
 def test_rules_table_plain_and_json() -> None:
     buffer = io.StringIO()
-    report.render_rules([RULE], "text", Console(file=buffer, force_terminal=False))
+    render_rules([RULE], "text", Console(file=buffer, force_terminal=False))
     lines = buffer.getvalue().splitlines()
     assert lines[0].split() == ["code", "name", "severity", "summary"]
     assert lines[1].split()[:3] == ["DC001", "dropout-before-batchnorm", "error"]
     buffer = io.StringIO()
-    report.render_rules([RULE], "json", Console(file=buffer, force_terminal=False))
+    render_rules([RULE], "json", Console(file=buffer, force_terminal=False))
     assert json.loads(buffer.getvalue()) == [RULE.to_dict()]
 
 
 def test_explain_is_raw_markdown_when_piped_and_rendered_on_a_terminal() -> None:
     buffer = io.StringIO()
-    report.render_explain(RULE, Console(file=buffer, force_terminal=False))
+    render_explain(RULE, Console(file=buffer, force_terminal=False))
     assert buffer.getvalue().startswith("# DC001 dropout-before-batchnorm\n")
     assert "## What it flags" in buffer.getvalue()
     buffer = io.StringIO()
-    report.render_explain(RULE, Console(file=buffer, force_terminal=True, width=80))
+    render_explain(RULE, Console(file=buffer, force_terminal=True, width=80))
     assert "## What it flags" not in buffer.getvalue() and "What it flags" in buffer.getvalue()
 
 
 def test_narrow_terminal_table_drops_why_but_keeps_verdicts() -> None:
     buffer = io.StringIO()
-    report.render([_ok_report()], "text", Console(file=buffer, force_terminal=True, width=80))
+    render_audit([_ok_report()], "text", Console(file=buffer, force_terminal=True, width=80))
     text = ANSI.sub("", buffer.getvalue())
     assert "verdict" in text and "why stages.0.0.drop" not in text
     assert "DC001 message on stages.0.0.drop" in text  # the findings still say why
@@ -216,10 +220,10 @@ def test_narrow_terminal_table_drops_why_but_keeps_verdicts() -> None:
 
 def test_progress_spinner_only_on_a_terminal() -> None:
     quiet = io.StringIO()
-    with report.audit_progress(Console(file=quiet, force_terminal=False), 2) as progress:
+    with audit_progress(Console(file=quiet, force_terminal=False), 2) as progress:
         progress("timm:resnet18", 1)
     assert quiet.getvalue() == ""
     shown = io.StringIO()
-    with report.audit_progress(Console(file=shown, force_terminal=True, width=80), 2) as progress:
+    with audit_progress(Console(file=shown, force_terminal=True, width=80), 2) as progress:
         progress("timm:resnet18", 1)
     assert "auditing timm:resnet18 (1/2)" in ANSI.sub("", shown.getvalue())

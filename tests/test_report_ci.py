@@ -1,4 +1,4 @@
-"""report_ci renders audits for CI: SARIF 2.1.0, GitHub workflow commands and Markdown.
+"""output renders audits for CI: SARIF 2.1.0, GitHub workflow commands and Markdown.
 
 Hand-built records pin each format against its spec without torch; one real audit of
 examples/preresnet.py (a subprocess, as a CI job runs it) checks that SARIF results land
@@ -20,7 +20,11 @@ import pytest
 from rich.console import Console
 
 from dropcheck import __version__
-from dropcheck.output import report, ci as report_ci
+from dropcheck.output.formats import FORMATS, render_audit
+from dropcheck.output.github import escape_data, escape_property, to_github
+from dropcheck.output.markdown import to_markdown
+from dropcheck.output.sarif import to_sarif
+from dropcheck.output.summary import summary_line
 from dropcheck.analysis.catalog import load_rules
 from dropcheck.records import DropcheckError, Finding, Report, Severity, Site, SiteKind, SourceLocation
 
@@ -75,7 +79,7 @@ def _reports() -> list[Report]:
 
 def _render(fmt: str, reports: list[Report]) -> str:
     buffer = io.StringIO()
-    report.render(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=80))
+    render_audit(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=80), load_rules())
     return buffer.getvalue()
 
 
@@ -100,7 +104,7 @@ def _parse_github(text: str) -> list[tuple[str, dict[str, str], str]]:
 # --- SARIF ---------------------------------------------------------------------------------------
 
 def test_sarif_of_hand_built_reports_is_valid_sarif_2_1_0(sarif_validator: Any) -> None:
-    log = report_ci.to_sarif(_reports())
+    log = to_sarif(_reports(), load_rules())
     _assert_valid_sarif(sarif_validator, log)
     assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-2.1.0.json")
     assert len(log["runs"]) == 1
@@ -109,7 +113,7 @@ def test_sarif_of_hand_built_reports_is_valid_sarif_2_1_0(sarif_validator: Any) 
 
 
 def test_sarif_driver_lists_every_catalogue_rule_with_its_metadata() -> None:
-    rules = report_ci.to_sarif([])["runs"][0]["tool"]["driver"]["rules"]
+    rules = to_sarif([], load_rules())["runs"][0]["tool"]["driver"]["rules"]
     catalogue = load_rules()
     assert [r["id"] for r in rules] == [rule.code for rule in catalogue]
     levels = {"error": "error", "warning": "warning", "info": "note"}
@@ -123,7 +127,7 @@ def test_sarif_driver_lists_every_catalogue_rule_with_its_metadata() -> None:
 
 
 def test_sarif_results_carry_rule_index_level_and_physical_location() -> None:
-    run = report_ci.to_sarif(_reports())["runs"][0]
+    run = to_sarif(_reports(), load_rules())["runs"][0]
     rules = run["tool"]["driver"]["rules"]
     results = run["results"]
     assert [r["ruleId"] for r in results] == ["DC001", "DC002", "DC005", "DC002"]
@@ -143,12 +147,12 @@ def test_sarif_results_carry_rule_index_level_and_physical_location() -> None:
 
 
 def test_sarif_failed_target_is_a_tool_notification_and_an_unsuccessful_run() -> None:
-    invocations = report_ci.to_sarif(_reports())["runs"][0]["invocations"]
+    invocations = to_sarif(_reports(), load_rules())["runs"][0]["invocations"]
     assert invocations[0]["executionSuccessful"] is False
     [notification] = invocations[0]["toolExecutionNotifications"]
     assert notification["level"] == "error"
     assert "missing.py: no such file" in notification["message"]["text"]
-    assert report_ci.to_sarif(_reports()[:2])["runs"][0]["invocations"] == [{"executionSuccessful": True}]
+    assert to_sarif(_reports()[:2], load_rules())["runs"][0]["invocations"] == [{"executionSuccessful": True}]
 
 
 @pytest.mark.skipif("suppressed" not in Report.__dataclass_fields__, reason="suppressions not merged yet")
@@ -156,13 +160,13 @@ def test_sarif_keeps_suppressed_findings_marked_as_suppressed_in_source(sarif_va
     silenced = _finding("head_drop", "DC002", "dropout-after-global-pool", Severity.WARNING,
                         source=SourceLocation("examples/preresnet.py", 210))
     rep = Report(target="examples/preresnet.py", findings=[_reports()[0].findings[0]], suppressed=[silenced])
-    log = report_ci.to_sarif([rep])
+    log = to_sarif([rep], load_rules())
     _assert_valid_sarif(sarif_validator, log)
     active, suppressed = log["runs"][0]["results"]
     assert "suppressions" not in active
     assert suppressed["ruleId"] == "DC002" and suppressed["suppressions"] == [{"kind": "inSource"}]
     assert suppressed["locations"][0]["physicalLocation"]["region"] == {"startLine": 210}
-    assert len(_parse_github(report_ci.to_github([rep]))) == 1  # annotations show active findings only
+    assert len(_parse_github(to_github([rep]))) == 1  # annotations show active findings only
 
 
 def test_sarif_uris_use_forward_slashes_and_percent_encoding(sarif_validator: Any, tmp_path: Path) -> None:
@@ -171,7 +175,7 @@ def test_sarif_uris_use_forward_slashes_and_percent_encoding(sarif_validator: An
     rep = Report(target="my models/net #1.py", findings=[
         _finding("a", "DC001", "dropout-before-batchnorm", Severity.ERROR, source=spaced),
         _finding("b", "DC001", "dropout-before-batchnorm", Severity.ERROR, source=outside)])
-    log = report_ci.to_sarif([rep])
+    log = to_sarif([rep], load_rules())
     _assert_valid_sarif(sarif_validator, log)
     first, second = (r["locations"][0]["physicalLocation"]["artifactLocation"] for r in log["runs"][0]["results"])
     assert first == {"uri": "my%20models/net%20%231.py", "uriBaseId": "%SRCROOT%"}
@@ -179,10 +183,10 @@ def test_sarif_uris_use_forward_slashes_and_percent_encoding(sarif_validator: An
 
 
 def test_render_dispatches_the_ci_formats() -> None:
-    assert {"sarif", "github", "markdown"} <= set(report.FORMATS)
-    assert json.loads(_render("sarif", _reports())) == report_ci.to_sarif(_reports())
-    assert _render("github", _reports()).rstrip("\n") == report_ci.to_github(_reports())
-    assert _render("markdown", _reports()).rstrip("\n") == report_ci.to_markdown(_reports())
+    assert {"sarif", "github", "markdown"} <= set(FORMATS)
+    assert json.loads(_render("sarif", _reports())) == to_sarif(_reports(), load_rules())
+    assert _render("github", _reports()).rstrip("\n") == to_github(_reports())
+    assert _render("markdown", _reports()).rstrip("\n") == to_markdown(_reports())
 
 
 # --- one real audit ------------------------------------------------------------------------------
@@ -224,7 +228,7 @@ def test_sarif_of_a_real_audit_points_at_the_dropout_calls(sarif_validator: Any,
 # --- GitHub workflow commands --------------------------------------------------------------------
 
 def test_github_one_command_per_finding_with_file_line_and_title() -> None:
-    text = report_ci.to_github(_reports())
+    text = to_github(_reports())
     commands = _parse_github(text)
     assert [c for c, _, _ in commands] == ["error", "warning", "notice", "warning", "error"]
     assert commands[0][1] == {"file": "examples/preresnet.py", "line": "110",
@@ -237,7 +241,7 @@ def test_github_one_command_per_finding_with_file_line_and_title() -> None:
 
 
 def test_github_escapes_message_and_properties_as_the_actions_toolkit_does() -> None:
-    [line] = report_ci.to_github([Report(target="t.py", findings=[
+    [line] = to_github([Report(target="t.py", findings=[
         _finding("d", "DC001", "dropout-before-batchnorm", Severity.ERROR,
                  source=SourceLocation("dir,x/a:b%.py", 7), message=TRICKY)])]).splitlines()
     props, message = line.split("::")[1:]
@@ -247,18 +251,18 @@ def test_github_escapes_message_and_properties_as_the_actions_toolkit_does() -> 
     [(_, parsed, text)] = _parse_github(line)
     assert parsed["file"] == "dir,x/a:b%.py"
     assert text == f"d: {TRICKY}\nfix: move it"
-    assert report_ci.escape_data("a\r\nb%") == "a%0D%0Ab%25"
-    assert report_ci.escape_property("x:y,z") == "x%3Ay%2Cz"
+    assert escape_data("a\r\nb%") == "a%0D%0Ab%25"
+    assert escape_property("x:y,z") == "x%3Ay%2Cz"
 
 
 def test_github_output_of_a_clean_audit_is_empty() -> None:
-    assert report_ci.to_github([Report(target="clean.py", model="Net")]) == ""
+    assert to_github([Report(target="clean.py", model="Net")]) == ""
 
 
 # --- Markdown ------------------------------------------------------------------------------------
 
 def test_markdown_has_a_heading_a_findings_table_per_target_and_the_summary() -> None:
-    text = report_ci.to_markdown(_reports())
+    text = to_markdown(_reports())
     lines = text.splitlines()
     assert lines[0].startswith("## ")
     headers = [i for i, line in enumerate(lines) if line == "| rule | severity | dropout | location | message |"]
@@ -273,16 +277,16 @@ def test_markdown_has_a_heading_a_findings_table_per_target_and_the_summary() ->
     assert "`examples/preresnet.py`" in rows[1]  # no line: the target's file
     assert "### Failed targets" in text
     assert "- `missing.py`: error (load): missing.py: no such file (hint: check the path)" in lines
-    assert lines[-1] == f"**{report.summary_line(_reports())}**"
+    assert lines[-1] == f"**{summary_line(_reports())}**"
 
 
 def test_markdown_escapes_pipes_in_cells() -> None:
     rep = Report(target="a.py", model="Net", findings=[
         _finding("x", "DC001", "dropout-before-batchnorm", Severity.ERROR, message="a | b")])
-    [row] = [line for line in report_ci.to_markdown([rep]).splitlines() if line.startswith("| DC")]
+    [row] = [line for line in to_markdown([rep]).splitlines() if line.startswith("| DC")]
     assert "a \\| b" in row
 
 
 def test_markdown_of_a_clean_audit_says_no_findings() -> None:
-    text = report_ci.to_markdown([Report(target="clean.py", model="Net")])
+    text = to_markdown([Report(target="clean.py", model="Net")])
     assert "0 findings" in text and "| rule |" not in text

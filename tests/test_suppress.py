@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dropcheck.output import report
+from dropcheck.output.summary import summary_line
 from dropcheck.analysis import suppress
 from dropcheck.records import Finding, Report, Severity, SourceLocation
 
@@ -133,14 +133,14 @@ def test_an_ignore_on_the_source_line_suppresses_and_counts(audited: dict[str, R
     (silenced,) = rep.suppressed
     assert silenced.rule == "DC002" and silenced.dropout == "/dropout"
     assert silenced.source == SourceLocation(str(models / f"{name}.py"), _line_of(models / f"{name}.py", "F.dropout"))
-    assert report.summary_line([rep]).endswith("0 errors, 0 warnings, 0 info, 1 suppressed")
+    assert summary_line([rep]).endswith("0 errors, 0 warnings, 0 info, 1 suppressed")
     assert [f["rule"] for f in rep.to_dict()["suppressed"]] == ["DC002"] and rep.to_dict()["findings"] == []
 
 
 def test_an_ignore_for_another_code_does_not_suppress(audited: dict[str, Report]) -> None:
     rep = audited["other_code"]
     assert _rules(rep.findings) == ["DC002"] and rep.suppressed == []
-    assert "suppressed" not in report.summary_line([rep])
+    assert "suppressed" not in summary_line([rep])
 
 
 @pytest.mark.parametrize("name", ["seq_element", "seq_declared", "seq_one_line"])
@@ -190,7 +190,7 @@ def test_summary_line_counts_suppressed_over_all_reports() -> None:
     finding = Finding(rule="DC002", name="dropout-after-global-pool", severity=Severity.WARNING, dropout="d",
                       message="m", fix="f")
     reports = [Report(target="a", suppressed=[finding]), Report(target="b", suppressed=[finding, finding])]
-    assert report.summary_line(reports) == "2 targets audited: 0 errors, 0 warnings, 0 info, 3 suppressed"
+    assert summary_line(reports) == "2 targets audited: 0 errors, 0 warnings, 0 info, 3 suppressed"
 
 
 # --- the command line ----------------------------------------------------------------------------

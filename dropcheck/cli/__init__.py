@@ -22,7 +22,11 @@ from rich.text import Text
 
 from .. import __version__
 from ..analysis import catalog
-from ..output import report
+from ..output.formats import BASIC_FORMATS, FORMATS, render_audit, render_reproduction, render_rules
+from ..output.json_documents import render_fix_json
+from ..output.progress import audit_progress, reproduce_progress, step_progress
+from ..output.text.fix import render_fix, render_fix_outcome
+from ..output.text.rules import render_explain
 from ..atomic import write_atomic, write_with
 from ..config import (Config, TargetConfig, check_output, load_config, parse_input_shape, parse_model_args, plan_targets)
 from ..records import DropcheckError, FixResult, Report, Severity
@@ -153,8 +157,8 @@ def _check_options(targets: list[str] | None, fmt: str, fail_on: str, output: Pa
     """Cheap checks first, so a typo costs no model import; returns the --fail-on rank."""
     if not targets:
         raise DropcheckError("usage", "no targets given", _NO_TARGET_HINT)
-    if fmt not in report.FORMATS:
-        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.FORMATS)}")
+    if fmt not in FORMATS:
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(FORMATS)}")
     if fail_on.lower() not in FAIL_ON:
         raise DropcheckError("usage", f"unknown --fail-on '{fail_on}'", f"choose one of {', '.join(FAIL_ON)}")
     if output is not None:
@@ -176,7 +180,7 @@ def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console) 
 
     reports: list[Report] = []
     try:
-        with report.audit_progress(err, len(jobs)) as progress, _stdout_to_stderr():
+        with audit_progress(err, len(jobs)) as progress, _stdout_to_stderr():
             for index, job in enumerate(jobs, 1):
                 progress(job.spec, index)
                 reports.append(audit_target(job.spec, job.model_args, job.input_shape, enabled))
@@ -204,11 +208,12 @@ def _print_tracebacks(reports: list[Report]) -> None:
 
 
 def _emit(reports: list[Report], fmt: str, output: Path | None) -> None:
+    rules = catalog.load_rules() if fmt == "sarif" else None  # SARIF lists the catalogue
     if output is None:
-        report.render(reports, fmt, Console())
+        render_audit(reports, fmt, Console(), rules)
         return
     buffer = io.StringIO()
-    report.render(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100))
+    render_audit(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100), rules)
     write_atomic(output, buffer.getvalue())
 
 
@@ -249,19 +254,19 @@ def fix(
     result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
     console = Console()
     if fmt == "text":
-        report.render_fix(result, console, diff)
+        render_fix(result, console, diff)
     written: list[Path] = []
     if result.ok and not dry_run and output is not None:
-        with report.fix_progress(err, f"writing {output}"):
+        with step_progress(err, f"writing {output}"):
             written = _guard(err, spec, fmt, verbose, lambda: _export().write_output(result, output, force),
                              result=result)
     if fmt == "json":
-        report.render_fix_json(result, console, written, diff)
+        render_fix_json(result, console, written, diff)
         if not result.ok:
             err.print(Text(_nothing_written(result), style="bold red"), soft_wrap=True, highlight=False)
     else:
         blocked = _dry_run_blocker(output, force) if dry_run and result.ok else None
-        report.render_fix_outcome(console, _fix_outcome(result, output, dry_run, written, blocked), result.ok)
+        render_fix_outcome(console, _fix_outcome(result, output, dry_run, written, blocked), result.ok)
     raise typer.Exit(EXIT_CLEAN if result.ok else EXIT_ERROR)
 
 
@@ -273,8 +278,8 @@ def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: 
     if len(targets) > 1:
         raise DropcheckError("usage", f"fix takes one TARGET, got {len(targets)}: {', '.join(targets)}",
                              "run dropcheck fix once per model")
-    if fmt not in report.BASIC_FORMATS:
-        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(report.BASIC_FORMATS)}")
+    if fmt not in BASIC_FORMATS:
+        raise DropcheckError("usage", f"unknown --format '{fmt}'", f"choose one of {', '.join(BASIC_FORMATS)}")
     for flag, value in (("--p", p), ("--add", add)):
         if value is not None and not 0 <= value < 1:
             raise DropcheckError("usage", f"{flag} {value:g} is not a dropout probability",
@@ -295,7 +300,7 @@ def _fix_one(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p
              add: float | None, err: Console) -> FixResult:
     from ..fixer.pipeline import fix_target  # torch and the analysis load here, never for --help
 
-    with report.fix_progress(err, f"fixing {spec}") as step, _stdout_to_stderr():
+    with step_progress(err, f"fixing {spec}") as step, _stdout_to_stderr():
         return fix_target(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"))
 
 
@@ -312,7 +317,7 @@ def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[]
     if verbose:
         _print_traceback(spec, error)
     if fmt == "json":
-        report.render_fix_json(result, Console(), [], False, error=error, target=spec)
+        render_fix_json(result, Console(), [], False, error=error, target=spec)
     err.print(Text.assemble((f"{spec}: error ({error.kind}): ", "bold red"), error.one_line()),
               soft_wrap=True, highlight=False)
     raise typer.Exit(EXIT_ERROR)
@@ -373,7 +378,7 @@ def rules(
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text or json.")] = "text",
 ) -> None:
     """List every rule: code, name, severity and summary."""
-    _run_catalog_command(lambda console: report.render_rules(catalog.load_rules(), fmt, console))
+    _run_catalog_command(lambda console: render_rules(catalog.load_rules(), fmt, console))
 
 
 @app.command()
@@ -381,7 +386,7 @@ def explain(
     rule: Annotated[str, typer.Argument(metavar="RULE", help="A rule code (DC001) or name.")],
 ) -> None:
     """Show a rule's page: what it flags, why it hurts, examples and the fix."""
-    _run_catalog_command(lambda console: report.render_explain(catalog.get_rule(rule), console))
+    _run_catalog_command(lambda console: render_explain(catalog.get_rule(rule), console))
 
 
 def _run_catalog_command(action: Callable[[Console], None]) -> None:
@@ -435,7 +440,7 @@ def reproduce_command(
         if plot is not None:
             stage.require_matplotlib()  # before the run, not after it
         setup = stage.make_setup(device, batch_size, batches, seed)
-        with report.reproduce_progress(err, stage.total_steps(figure, setup)) as step:
+        with reproduce_progress(err, stage.total_steps(figure, setup)) as step:
             result = stage.reproduce_figure(figure, setup, progress=step)
         if plot is not None:
             stage.plot_reproduction(result, plot)
@@ -444,13 +449,13 @@ def reproduce_command(
     except KeyboardInterrupt:
         err.print(Text("dropcheck: interrupted", style="bold red"), soft_wrap=True)
         raise typer.Exit(130) from None
-    report.render_reproduction(result, fmt, Console(), plot)
+    render_reproduction(result, fmt, Console(), plot)
 
 
 def _check_reproduce_options(figure: str, device: str, fmt: str, batch_size: int | None, batches: int,
                              plot: Path | None) -> None:
     """Cheap checks first, so a typo costs no torch import."""
-    choices = {"figure": (figure, _FIGURES), "--device": (device, _DEVICES), "--format": (fmt, report.BASIC_FORMATS)}
+    choices = {"figure": (figure, _FIGURES), "--device": (device, _DEVICES), "--format": (fmt, BASIC_FORMATS)}
     for what, (value, allowed) in choices.items():
         if value not in allowed:
             raise DropcheckError("usage", f"unknown {what} '{value}'", f"choose one of {', '.join(allowed)}")
@@ -510,7 +515,7 @@ def measure(
         _print_tracebacks(reports)
     try:
         if plot is not None:
-            from ..output.measure import plot_deltas
+            from ..output.figures import plot_deltas
 
             plot_deltas(reports, plot)
         _emit(reports, fmt, output)
@@ -536,7 +541,7 @@ def _measure_all(jobs: list[TargetConfig], options: dict[str, Any], checkpoint: 
 
     reports: list[Report] = []
     try:
-        with report.fix_progress(err, "measuring") as step, _stdout_to_stderr():
+        with step_progress(err, "measuring") as step, _stdout_to_stderr():
             for index, job in enumerate(jobs, 1):
                 prefix = f"{job.spec} ({index}/{len(jobs)})"
                 reports.append(measure_target(job.spec, job.model_args, job.input_shape,
@@ -574,9 +579,9 @@ def recalibrate(
         if output.resolve() == checkpoint.resolve():
             raise DropcheckError("usage", "--output is the input checkpoint", "write the result to a new file")
         _check_measure_options(device, data)
-        if fmt not in report.BASIC_FORMATS:
+        if fmt not in BASIC_FORMATS:
             raise DropcheckError("usage", f"unknown --format '{fmt}'",
-                                 f"choose one of {', '.join(report.BASIC_FORMATS)}")
+                                 f"choose one of {', '.join(BASIC_FORMATS)}")
         check_output(output, force)
         kwargs = parse_model_args(model_arg or [])
         shape = parse_input_shape(input_shape) if input_shape is not None else None
@@ -585,7 +590,7 @@ def recalibrate(
     from ..measurement.pipeline import recalibrate_target
 
     try:
-        with report.fix_progress(err, f"recalibrating {target}") as step, _stdout_to_stderr():
+        with step_progress(err, f"recalibrating {target}") as step, _stdout_to_stderr():
             result = recalibrate_target(target, kwargs, shape, str(checkpoint), trust_pickle, data=data,
                                         batches=batches, batch_size=batch_size, device=device, progress=step)
         _write_state_dict(result.pop("state_dict"), output)
@@ -594,7 +599,7 @@ def recalibrate(
             _print_tracebacks([Report(target=target, status="error", error=exc)])
         _fail(err, exc)
     result["written"] = str(output)
-    from ..output.measure import render_recalibration
+    from ..output.formats import render_recalibration
 
     render_recalibration(result, fmt, Console())
     raise typer.Exit(EXIT_CLEAN)
@@ -681,14 +686,14 @@ def train_compare(
     if world.leader:
         try:
             if plot is not None:
-                from ..output.training import plot_curves
+                from ..output.figures import plot_curves
 
                 plot_curves(comparison, plot)
         except DropcheckError as exc:
             _fail(err, exc)
-        from ..output.training import render
+        from ..output.formats import render_comparison
 
-        render(comparison, fmt, Console())
+        render_comparison(comparison, fmt, Console())
     raise typer.Exit(EXIT_CLEAN)
 
 
@@ -722,9 +727,9 @@ def _train_options(fmt: str, output: Path | None, resume: bool, force: bool, plo
             raise DropcheckError("usage", "--resume needs the --output file of an earlier run"
                                  + (f" ({output} does not exist)" if output is not None else ""),
                                  "pass -o FILE.json that an interrupted train-compare wrote")
-        from ..output.training import from_json_document
+        from ..output.json_documents import comparison_from_document
 
-        return from_json_document(output.read_text(encoding="utf-8"), str(output))
+        return comparison_from_document(output.read_text(encoding="utf-8"), str(output))
     if output is not None:
         check_output(output, force)
     return None
@@ -759,11 +764,12 @@ def _train(err: Console, world: Any, verbose: bool, run: Callable[[Any, Any], An
     """Run the comparison with progress and saving; Ctrl-C keeps the finished runs in --output."""
     from ..training import distributed
     from ..measurement.device import resolve_device
-    from ..output.training import TrainProgress, to_json_document
+    from ..output.json_documents import comparison_document
+    from ..output.progress import TrainProgress
 
     def save(comparison: Any) -> None:
         if output is not None and world.leader:
-            write_atomic(output, json.dumps(to_json_document(comparison), indent=2) + "\n")
+            write_atomic(output, json.dumps(comparison_document(comparison), indent=2) + "\n")
 
     progress = TrainProgress(err if world.leader else Console(stderr=True, quiet=True), save)
     try:

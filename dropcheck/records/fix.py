@@ -1,6 +1,7 @@
 """Records of fix: each change, each verification check, and the FixResult (fix -> output, export, train)."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,51 @@ class FixResult:
     @property
     def ok(self) -> bool:
         return not self.unfixable and all(c.ok for c in self.checks)
+
+    def diff(self) -> str:
+        """Unified diff of the forward code (train and eval graphs) before and after the fix:
+        what `fix --diff` prints and the JSON document's "diff"."""
+        lines = difflib.unified_diff(self.code_before.splitlines(keepends=True),
+                                     self.code_after.splitlines(keepends=True),
+                                     fromfile=f"{self.target} (original)", tofile=f"{self.target} (fixed)")
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+    def describe_change(self, change: Change) -> tuple[str, str, str]:
+        """One change's line as (subject, detail, why): `move  stages.0.0.drop  P3 -> P6 before
+        stages.0.0.conv2  (DC001, p=0.2)` is ("stages.0.0.drop", "P3 -> P6 before stages.0.0.conv2",
+        "DC001, p=0.2"). Plain words here, so training can list changes without output; the
+        terminal styles each part."""
+        p = f"p={change.p:g}"
+        why = f"{change.rule}, {p}" if change.rule else p
+        where = " ".join(part for part in (change.to_position, change.to) if part)
+        if change.action == "move":
+            detail = f"{change.from_position or '?'} -> {where}"
+            if change.module != change.dropout:
+                detail += f" as {change.module}"
+            return change.dropout, detail, why
+        if change.action == "remove":
+            kept = change.module + (f" at {change.to_position}" if change.to_position else "")
+            return change.dropout, f"{change.from_position or '-'}, one dropout stays: {kept}", change.rule or p
+        if change.action == "convert":
+            return change.dropout, f"-> nn.{self._module_type(change.module)} {change.module} {change.to}", why
+        if change.action == "add":
+            return change.module, where, why
+        return change.dropout or change.module, change.to, why
+
+    def change_lines(self) -> list[str]:
+        """Every change as one plain line, as `dropcheck fix` prints it when piped."""
+        lines = []
+        for change in self.changes:
+            subject, detail, why = self.describe_change(change)
+            lines.append(f"{change.action}  {subject}  {detail}  ({why})")
+        return lines
+
+    def _module_type(self, qualname: str) -> str:
+        """The class name of the module `qualname` in the fixed model ("Dropout" if it cannot be told)."""
+        try:
+            return type(self.model.get_submodule(qualname)).__name__
+        except (AttributeError, TypeError):
+            return "Dropout"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -12,8 +12,6 @@ from typing import Any
 
 from .statistics import PairedDifference, Summary, paired_difference, summarize
 
-SCHEMA = 1
-
 
 @dataclass(frozen=True)
 class RunResult:

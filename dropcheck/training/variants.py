@@ -123,14 +123,12 @@ def _audit(target: Target, model: nn.Module) -> Analysis:
 
 
 def _fixed(target: Target, p: float | None) -> Variant:
-    from ..output.report import change_text  # report renders fix's changes; only the plain text is needed here
-
     result = fix_loaded(target, p=p)
     failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
     if failed:
         raise DropcheckError("fix", f"the fixed variant of {target.spec} failed verification ({failed[0]})",
                              "run `dropcheck fix` on it for details; leave `fixed` out of --variants meanwhile")
-    changes = [change_text(c, result.model) for c in result.changes]
+    changes = result.change_lines()
     changes += [f"cannot fix  {item}" for item in result.unfixable]
     what = f"{len(result.changes)} change(s)" if result.changes else "no changes, it already follows them"
     return Variant("fixed", result.model, f"dropcheck fix (Guidelines 1 and 2): {what}", changes,

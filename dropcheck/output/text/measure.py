@@ -1,19 +1,16 @@
-"""Rendering of measurements: the Δ table, the Δ column of the audit table, the plot along depth.
+"""Measurements as text: each target's Δ table, the Δ column of the audit table, and recalibration.
 
-Kept apart from report.py (audit and fix) so each stays readable in one sitting; the same rules
-hold: rich tables on a terminal, plain aligned text when piped, JSON from to_dict().
+Δ = Var_test / Var_train (paper, Definition 2) at every BatchNorm input and residual merge.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..records import DropcheckError, Measurement, Report
+from ...records import Measurement, Report
 
 
 def delta_by_site(report: Report) -> dict[str, float]:
@@ -63,46 +60,8 @@ def _row(m: Measurement) -> tuple[str, ...]:
             "DC001" if m.flagged else "", reached or "-")
 
 
-def plot_deltas(reports: Sequence[Report], path: Path) -> Path:
-    """Δ along depth for each measured target (one PNG); flagged BatchNorms in red."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise DropcheckError("usage", "--plot needs matplotlib", "pip install 'dropcheck[plot]'") from exc
-    measured = [r for r in reports if r.measurements]
-    fig, axes = plt.subplots(len(measured) or 1, 1, figsize=(9, 3.2 * max(1, len(measured))), squeeze=False)
-    for ax, report in zip(axes[:, 0], measured):
-        _plot_one(ax, report.measurements or [])
-        ax.set_title(report.target, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _plot_one(ax: Any, rows: Sequence[Measurement]) -> None:
-    xs = list(range(len(rows)))
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    for kind, marker in (("batchnorm", "o"), ("merge", "s")):
-        points = [(x, m) for x, m in zip(xs, rows) if m.kind == kind]
-        if points:
-            ax.scatter([x for x, _ in points], [m.delta_mean for _, m in points], marker=marker, s=18,
-                       c=["tab:red" if m.flagged else "tab:blue" for _, m in points], label=kind)
-    ax.set_xlabel("BatchNorm input / residual merge output, in graph order")
-    ax.set_ylabel("Δ (mean over channels)")
-    ax.legend(loc="lower left", fontsize=8)
-
-
-def render_recalibration(result: dict[str, Any], fmt: str, console: Console) -> None:
+def render_recalibration_text(result: dict[str, Any], console: Console) -> None:
     """Before/after per BatchNorm: Var(test-time input) / running_var (1 is consistent)."""
-    if fmt == "json":
-        import json
-
-        console.print_json(json.dumps({"schema": 1, "recalibration": result}))
-        return
     before, after = result["consistency_before"], result["consistency_after"]
     console.print(f"{result['target']}: BatchNorm statistics re-estimated with dropout off on {result['batches']} "
                   f"batch(es) of {result['batch_size']} ({result['data']}), {result['device']}",
