@@ -48,7 +48,10 @@ CONDITIONS: dict[str, Callable[[Site, Context], bool]] = {
     "repeated-in-branch": _repeated_in_branch,  # one of several in a residual branch, not the one kept
     "always-on": _always_on,  # still live in the eval-mode graph
 }
-# The fields a page's `message` and `fix` templates may use (see _fields).
+# The fields a page's `message` and `fix` templates may use, all text (see _fields): id (the site id),
+# op and p ("Dropout", "0.2"), at (" at P3" where the block matches the paper's figures, else empty),
+# owner (the module whose forward runs it, or "the root forward"), reached (the first three BatchNorms
+# it reaches, then " ..."), merge (the residual merge ending its branch), others (the rest of that branch).
 MESSAGE_FIELDS = ("id", "op", "p", "at", "owner", "reached", "merge", "others")
 
 
@@ -56,10 +59,10 @@ def run_rules(sites: list[Site], rules: dict[str, Rule], enabled: frozenset[str]
     """Findings for every site, in site order; only rules in `enabled` (all when None)."""
     chosen = sorted((r for code, r in rules.items() if enabled is None or code in enabled), key=_firing_order)
     context = Context(repeated=repeated_in_branch(sites))
-    return [_finding(rule, site, context) for site in sites for rule in chosen if fires(rule, site, context)]
+    return [_finding(rule, site, context) for site in sites for rule in chosen if _fires(rule, site, context)]
 
 
-def fires(rule: Rule, site: Site, context: Context) -> bool:
+def _fires(rule: Rule, site: Site, context: Context) -> bool:
     """The page's site kinds and its condition: nothing else decides."""
     return rule.fires_on(site.site) and CONDITIONS[rule.fires_when](site, context)
 
