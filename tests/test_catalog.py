@@ -58,13 +58,50 @@ def test_catalogue_has_the_seven_rules_with_their_names_and_severities() -> None
     assert {r.code: (r.name, r.severity) for r in rules} == EXPECTED
 
 
-def test_rule_sites_follow_the_design_table() -> None:
-    sites = {r.code: set(r.sites) for r in load_rules()}
-    assert sites["DC001"] == {"trunk.pre_bn", "branch.pre_bn", "head.pre_bn"}
-    assert sites["DC002"] == {"head.post_gap"}
-    assert sites["DC003"] == {"head.logits"}
-    assert sites["DC005"] == {"branch.post_weight"}
-    assert sites["DC007"] == {"unused"}
+def test_rule_sites_and_conditions_follow_the_design_table() -> None:
+    declared = {r.code: (r.fires_when, set(r.sites)) for r in load_rules()}
+    assert declared == {
+        "DC001": ("reaches-batchnorm", {"any"}),  # whatever the site kind (timm's RepViT: head.post_gap)
+        "DC002": ("site-kind", {"head.post_gap"}),
+        "DC003": ("site-kind", {"head.logits"}),
+        "DC004": ("repeated-in-branch", {"branch.pre_bn", "branch.guideline", "branch.post_weight"}),
+        "DC005": ("site-kind", {"branch.post_weight"}),
+        "DC006": ("always-on", {"any"}),
+        "DC007": ("site-kind", {"unused"}),
+    }
+
+
+def test_what_fix_does_follows_the_design() -> None:
+    # design §6: fix moves DC001-DC005, makes always-on functional dropout a module, leaves DC007;
+    # its re-audit guarantees no DC001-DC004
+    declared = {r.code: (r.fix_action, set(r.fix_moves), r.fix_verifies) for r in load_rules()}
+    assert declared == {
+        "DC001": ("move", {"trunk.pre_bn", "branch.pre_bn", "head.pre_bn"}, True),
+        "DC002": ("move", {"head.post_gap"}, True),
+        "DC003": ("move", {"head.logits"}, True),
+        "DC004": ("move", {"any"}, True),
+        "DC005": ("move", {"branch.post_weight"}, False),
+        "DC006": ("convert", set(), False),
+        "DC007": ("none", set(), False),
+    }
+    assert catalog.describe_codes(catalog.verified_by_fix()) == "DC001-DC004"
+
+
+def test_dc001_advice_depends_on_the_site_kind() -> None:
+    rule = get_rule("DC001")
+    assert rule.advice("branch.pre_bn").startswith("move it after the branch's last BatchNorm")
+    assert rule.advice("trunk.pre_bn").startswith("move it into a residual branch")
+    assert rule.advice("head.pre_bn").startswith("move it after the head's BatchNorm")
+    assert rule.advice("head.post_gap") == rule.fix  # any other kind: the page's `fix`
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [({"DC004", "DC002", "DC001", "DC003"}, "DC001-DC004"), (["DC001", "DC002"], "DC001, DC002"),
+     (["DC001", "DC003", "DC004"], "DC001, DC003, DC004"), (["DC005"], "DC005")],
+)
+def test_describe_codes_spans_consecutive_runs(codes, expected: str) -> None:
+    assert catalog.describe_codes(codes) == expected
 
 
 @pytest.mark.parametrize("rule", load_rules(), ids=lambda r: r.code)
@@ -171,15 +208,40 @@ def _second_python_block(text: str) -> str:
     return text.replace("## Use instead\n", "## Use instead\n\n```python\npass\n```\n")
 
 
+def _replace(old: str, new: str) -> Callable[[str], str]:
+    def mutate(text: str) -> str:
+        assert old in text, old  # the mutation must hit the page
+        return text.replace(old, new)
+
+    return mutate
+
+
 MALFORMED: dict[str, tuple[Callable[[str], str], str]] = {
     "missing key": (_drop_line("summary:"), "summary"),
-    "bad severity": (lambda t: t.replace("severity: error", "severity: fatal"), "fatal"),
+    "missing message": (_drop_line("message:"), "message"),
+    "bad severity": (_replace("severity: error", "severity: fatal"), "fatal"),
     "missing heading": (_drop_line("## Known limits"), "headings"),
     "headings out of order": (_swap_headings, "headings"),
-    "nested value": (lambda t: t.replace("sites: ", "sites:\n  - "), "flat"),
-    "unknown key": (lambda t: t.replace("paper:", "author: x\npaper:"), "author"),
-    "code differs from file name": (lambda t: t.replace("code: DC001", "code: DC009"), "DC009"),
-    "unknown site kind": (lambda t: t.replace("trunk.pre_bn,", "trunk.before_bn,"), "trunk.before_bn"),
+    "nested value": (_replace("sites: ", "sites:\n  - "), "flat"),
+    "unknown key": (_replace("paper:", "author: x\npaper:"), "author"),
+    "code differs from file name": (_replace("code: DC001", "code: DC009"), "DC009"),
+    "unknown site kind": (_replace("sites: any", "sites: trunk.before_bn"), "trunk.before_bn"),
+    "unknown site kind to move from": (_replace("trunk.pre_bn,", "trunk.before_bn,"), "trunk.before_bn"),
+    "any beside site kinds": (_replace("sites: any", "sites: any, head.logits"), "any"),
+    "unknown condition": (_replace("fires-when: reaches-batchnorm", "fires-when: sometimes"), "sometimes"),
+    "unknown message field": (_replace("{reached}", "{batchnorms}"), "batchnorms"),
+    "format spec in a template": (_replace("(p={p})", "(p={p:g})"), "no format"),
+    "unbalanced brace": (_replace("message: {op}", "message: {op"), "template"),
+    "advice for no site kind": (_replace("fix.head.pre_bn:", "fix.head.pre_bm:"), "fix.head.pre_bm"),
+    "advice for a kind it never fires on": (_replace("sites: any", "sites: branch.pre_bn"), "trunk.pre_bn"),
+    "moves from a kind it never fires on": (
+        lambda t: _drop_line("fix.")(t).replace("sites: any", "sites: branch.pre_bn"), "trunk.pre_bn"),
+    "bad fix-action": (_replace("fix-action: move", "fix-action: teleport"), "teleport"),
+    "fix-moves without a move": (_replace("fix-action: move", "fix-action: convert"), "fix-moves"),
+    "a move without fix-moves": (_drop_line("fix-moves:"), "fix-moves"),
+    "fix-verifies neither yes nor no": (_replace("fix-verifies: yes", "fix-verifies: true"), "true"),
+    "verifies what fix leaves alone": (
+        lambda t: _drop_line("fix-moves:")(t).replace("fix-action: move", "fix-action: none"), "fix-verifies"),
     "two python blocks": (_second_python_block, "exactly one"),
     "no front matter": (lambda t: t.split("---\n", 2)[2], "front matter"),
 }
@@ -220,6 +282,21 @@ def test_duplicate_code_in_the_catalogue_is_a_catalog_error(
     assert caught.value.kind == "catalog" and "DC001" in caught.value.message
 
 
+def test_two_pages_claiming_one_site_kind_for_fix_is_a_catalog_error(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, fresh_cache: None
+) -> None:
+    # a move from one site kind is credited to one rule in changes.json
+    text = (rules_dir() / GOOD_FILE).read_text(encoding="utf-8")
+    (tmp_path / GOOD_FILE).write_text(text, encoding="utf-8")
+    other = text.replace("code: DC001", "code: DC009").replace("name: dropout-before-batchnorm", "name: other")
+    (tmp_path / "DC009-other.md").write_text(other, encoding="utf-8")
+    monkeypatch.setattr(catalog, "rules_dir", lambda: tmp_path)
+    with pytest.raises(DropcheckError) as caught:
+        load_rules()
+    assert caught.value.kind == "catalog" and "trunk.pre_bn" in caught.value.message
+    assert "DC009-other.md" in caught.value.message
+
+
 def test_missing_catalogue_is_a_catalog_error(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, fresh_cache: None
 ) -> None:
@@ -247,6 +324,7 @@ def test_loading_the_catalogue_does_not_import_torch() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
         "import dropcheck.analysis.catalog as c; c.load_rules(); c.resolve_selection(['DC00']); "
+        "c.moved_by_fix(); c.verified_by_fix(); "
         "print('torch' in sys.modules)"
     )
     command = [sys.executable, "-c", code, str(REPO)]

@@ -1,39 +1,22 @@
-"""The rule catalogue: rules/*.md -> `Rule` records, and --select/--ignore resolution.
+"""The rule catalogue: rules/*.md -> `Rule` records, --select/--ignore resolution, and what
+the fixer reads from the pages (which rule a move is credited to, which rules fix verifies).
 
 Standard library and records only: `dropcheck rules` and `dropcheck explain` must stay
-fast, so nothing here may import torch, even indirectly.
-
-A rule file is front matter of flat `key: value` lines between `---` lines, then a fixed
-sequence of level-2 headings (style guide §3). The python blocks under "Example" and
-"Use instead" are the rule's test cases, so they are extracted verbatim.
+fast, so nothing here may import torch, even indirectly. One page's format is rule_page's.
 """
 from __future__ import annotations
 
 import functools
 import pathlib
-import re
-import textwrap
 from collections.abc import Iterable
 
-from ..records import DropcheckError, Rule, Severity, SiteKind
+from .rule_page import FRONT_MATTER_KEYS, HEADINGS, read_rule
+from ..records import DropcheckError, Rule, SiteKind
 
-FRONT_MATTER_KEYS = ("code", "name", "severity", "sites", "paper", "summary", "example-dropout")
-HEADINGS = (
-    "What it flags",
-    "Why it hurts",
-    "Known limits",
-    "Example",
-    "Use instead",
-    "Fix",
-    "References",
-)
-_FILE_NAME = re.compile(r"^(DC\d{3})-([a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
-_KEY_VALUE = re.compile(r"^([a-z][a-z-]*):(.*)$")
-_FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})\s*([^\s`]*)")
-_PYTHON_INFO = {"python", "py"}
-_SITE_KINDS = {kind.value for kind in SiteKind}
+__all__ = ["FRONT_MATTER_KEYS", "HEADINGS", "describe_codes", "get_rule", "load_rules", "moved_by_fix",
+           "read_rule", "resolve_selection", "rules_dir", "verified_by_fix"]
+
 _REINSTALL = "reinstall dropcheck; the wheel ships the catalogue in dropcheck/rules"
-_FORMAT_HINT = "compare it with another file in rules/; the format is fixed (style guide §3)"
 _SELECTOR_HINT = (
     "use a code (DC001), a prefix (DC00), a rule name (dropout-before-batchnorm) or ALL; "
     "dropcheck rules lists them"
@@ -58,6 +41,7 @@ def load_rules() -> list[Rule]:
         raise DropcheckError("catalog", f"rule catalogue {directory} has no rule files", _REINSTALL)
     rules = [read_rule(path) for path in files]
     _check_unique(rules)
+    _check_moves_unique(rules)
     return sorted(rules, key=lambda rule: rule.code)
 
 
@@ -83,31 +67,6 @@ def resolve_selection(
     selected_items = _split_items(select)
     enabled = _expand(selected_items, rules) if selected_items else {rule.code for rule in rules}
     return frozenset(enabled - _expand(_split_items(ignore), rules))
-
-
-def read_rule(path: pathlib.Path) -> Rule:
-    """Parse and validate one rule file; any problem is a "catalog" error naming the file."""
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _catalog_error(path, f"cannot be read ({exc})") from exc
-    fields, body = _split_front_matter(path, text)
-    code, name = _check_file_name(path, fields)
-    sections = _sections(path, body)
-    return Rule(
-        code=code,
-        name=name,
-        severity=_severity(path, fields["severity"]),
-        summary=fields["summary"],
-        sites=_sites(path, fields["sites"]),
-        paper=fields["paper"],
-        path=str(path),
-        body=body,
-        example_bad=_single_python_block(path, "Example", sections["Example"]),
-        example_good=_single_python_block(path, "Use instead", sections["Use instead"]),
-        example_dropout=fields["example-dropout"],
-    )
 
 
 # --- selection ---------------------------------------------------------------------
@@ -143,141 +102,32 @@ def _all_codes() -> str:
     return ", ".join(rule.code for rule in load_rules())
 
 
-# --- parsing -----------------------------------------------------------------------
+# --- what the fixer reads -----------------------------------------------------------
 
 
-def _catalog_error(path: pathlib.Path, problem: str) -> DropcheckError:
-    return DropcheckError("catalog", f"rule file {path.name}: {problem}", hint=_FORMAT_HINT)
+def moved_by_fix() -> dict[SiteKind, str]:
+    """Site kind -> the rule a move from there is credited to (the pages' `fix-moves`).
+
+    A rule whose fix moves every dropout it flags, whatever the kind (`fix-moves: any`, DC004),
+    is not in this table: the fixer finds those dropouts by the rule's own condition.
+    """
+    return {SiteKind(kind): rule.code for rule in load_rules() for kind in rule.fix_moves if kind != Rule.ANY}
 
 
-def _split_front_matter(path: pathlib.Path, text: str) -> tuple[dict[str, str], str]:
-    lines = text.lstrip("\ufeff").splitlines()
-    if not lines or lines[0].strip() != "---":
-        raise _catalog_error(path, "must start with a '---' front matter line")
-    try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
-    except StopIteration:
-        raise _catalog_error(path, "front matter is not closed by a '---' line") from None
-    fields = _parse_fields(path, lines[1:end])
-    body = "\n".join(lines[end + 1 :]).strip("\n") + "\n"
-    return fields, body
+def verified_by_fix() -> frozenset[str]:
+    """Codes a re-audit of a fixed model must not show (the pages' `fix-verifies: yes`)."""
+    return frozenset(rule.code for rule in load_rules() if rule.fix_verifies)
 
 
-def _parse_fields(path: pathlib.Path, lines: list[str]) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in lines:
-        if not line.strip():
-            continue
-        match = _KEY_VALUE.match(line)
-        if not match:  # indented (nested) values and YAML list items land here
-            problem = f"front matter line '{line.strip()}' is not a flat 'key: value'"
-            raise _catalog_error(path, problem)
-        key, value = match.group(1), _unquote(match.group(2).strip())
-        if key not in FRONT_MATTER_KEYS:
-            raise _catalog_error(path, f"unknown front matter key '{key}'")
-        if key in fields:
-            raise _catalog_error(path, f"front matter key '{key}' is given twice")
-        if not value:  # also what a YAML list on the following lines looks like
-            problem = f"front matter key '{key}' is empty (values are flat: lists are comma-separated)"
-            raise _catalog_error(path, problem)
-        fields[key] = value
-    missing = [key for key in FRONT_MATTER_KEYS if key not in fields]
-    if missing:
-        raise _catalog_error(path, f"front matter lacks {', '.join(missing)}")
-    return fields
+def describe_codes(codes: Iterable[str]) -> str:
+    """Codes for people: a run of three or more consecutive ones as "DC001-DC004", else a comma list."""
+    ordered = sorted(codes)
+    numbers = [int(code[2:]) for code in ordered]  # codes are DC + three digits (rule_page checks)
+    consecutive = len(numbers) > 2 and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    return f"{ordered[0]}-{ordered[-1]}" if consecutive else ", ".join(ordered)
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1].strip()
-    return value
-
-
-def _check_file_name(path: pathlib.Path, fields: dict[str, str]) -> tuple[str, str]:
-    match = _FILE_NAME.match(path.name)
-    if not match:
-        problem = "name must be '<code>-<rule-name>.md', e.g. DC001-dropout-before-batchnorm.md"
-        raise _catalog_error(path, problem)
-    if fields["code"] != match.group(1):
-        raise _catalog_error(path, f"code '{fields['code']}' does not match the file name")
-    if fields["name"] != match.group(2):
-        raise _catalog_error(path, f"name '{fields['name']}' does not match the file name")
-    return fields["code"], fields["name"]
-
-
-def _severity(path: pathlib.Path, value: str) -> Severity:
-    try:
-        return Severity(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in Severity)
-        raise _catalog_error(path, f"severity '{value}' is not one of {allowed}") from None
-
-
-def _sites(path: pathlib.Path, value: str) -> tuple[str, ...]:
-    sites = tuple(site.strip() for site in value.split(",") if site.strip())
-    unknown = [site for site in sites if site not in _SITE_KINDS]
-    if unknown:
-        raise _catalog_error(path, f"unknown site kind {', '.join(unknown)}")
-    return sites
-
-
-def _sections(path: pathlib.Path, body: str) -> dict[str, str]:
-    """Level-2 headings -> their text; they must be exactly HEADINGS, in order."""
-    titles: list[str] = []
-    texts: dict[str, list[str]] = {}
-    fence: str | None = None
-    for line in body.splitlines():
-        fence = _next_fence_state(fence, line)
-        if fence is None and line.startswith("## "):
-            titles.append(line[3:].strip())
-            texts[titles[-1]] = []
-        elif titles:
-            texts[titles[-1]].append(line)
-    if fence is not None:
-        raise _catalog_error(path, "a code fence is never closed")
-    if tuple(titles) != HEADINGS:
-        expected, found = ", ".join(HEADINGS), ", ".join(titles) or "none"
-        problem = f"level-2 headings must be {expected}, in this order; found {found}"
-        raise _catalog_error(path, problem)
-    return {title: "\n".join(lines) for title, lines in texts.items()}
-
-
-def _next_fence_state(fence: str | None, line: str) -> str | None:
-    """The open fence marker after `line` (None outside code), so '## ' in code is not a heading."""
-    stripped = line.strip()
-    if fence is None:
-        match = _FENCE_OPEN.match(stripped)
-        return match.group(1) if match else None
-    closes = stripped.startswith(fence) and set(stripped) == {fence[0]}
-    return None if closes else fence
-
-
-def _single_python_block(path: pathlib.Path, section: str, text: str) -> str:
-    blocks = _python_blocks(text)
-    if len(blocks) != 1:
-        problem = f"section '{section}' must hold exactly one ```python block, found {len(blocks)}"
-        raise _catalog_error(path, problem)
-    return blocks[0]
-
-
-def _python_blocks(text: str) -> list[str]:
-    blocks: list[str] = []
-    fence: str | None = None
-    is_python = False
-    current: list[str] = []
-    for line in text.splitlines():
-        opened = _next_fence_state(fence, line)
-        if fence is None and opened is not None:  # an opening line
-            info = _FENCE_OPEN.match(line.strip())
-            is_python = bool(info) and info.group(2).lower() in _PYTHON_INFO
-            current = []
-        elif fence is not None and opened is None:  # the closing line
-            if is_python:  # dedent: a fence may sit indented inside a list item
-                blocks.append(textwrap.dedent("\n".join(current)) + "\n")
-        elif fence is not None:
-            current.append(line)
-        fence = opened
-    return blocks
+# --- consistency across pages ------------------------------------------------------
 
 
 def _check_unique(rules: list[Rule]) -> None:
@@ -290,3 +140,15 @@ def _check_unique(rules: list[Rule]) -> None:
                 message = f"rule {attribute} '{value}' is used by both {files}"
                 raise DropcheckError("catalog", message, hint="codes and names are never reused")
             seen[value] = pathlib.Path(rule.path).name
+
+
+def _check_moves_unique(rules: list[Rule]) -> None:
+    """A move is credited to one rule: no two pages may name the same site kind in fix-moves."""
+    claimed: dict[str, str] = {}
+    for rule in rules:
+        for kind in rule.fix_moves:
+            if kind != Rule.ANY and kind in claimed:
+                files = f"{claimed[kind]} and {pathlib.Path(rule.path).name}"
+                message = f"fix-moves site kind '{kind}' is claimed by both {files}"
+                raise DropcheckError("catalog", message, hint="a move from one site kind is credited to one rule")
+            claimed[kind] = pathlib.Path(rule.path).name

@@ -1,76 +1,96 @@
-"""Sites -> findings. Most rules are a table from site kind to rule; DC004 and DC006 look wider."""
+"""Sites -> findings, as the rule pages say (rules/*.md front matter, parsed by rule_page).
+
+A rule fires on a site when the page lists the site's kind (`sites`, or `any`) and the page's
+condition (`fires-when`) holds; the finding's message and fix advice are the page's templates
+filled with the site's fields. The engine itself knows only the conditions and the fields.
+
+Torch-free: rule_page imports CONDITIONS and MESSAGE_FIELDS to validate pages, and
+`dropcheck rules` must not import torch.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 from ..records import Finding, Rule, Site, SiteKind
 
-# site kind -> (rule code, fix advice); the rule's name and severity come from rules/
-_BY_SITE: dict[SiteKind, tuple[str, str]] = {
-    SiteKind.TRUNK_PRE_BN: ("DC001", "move it into a residual branch after the last BatchNorm and before the "
-                                     "last weight layer (P6), or to the head before global pooling (H4)"),
-    SiteKind.BRANCH_PRE_BN: ("DC001", "move it after the branch's last BatchNorm and activation, before its last "
-                                      "weight layer (P5/P6); a branch ending in BatchNorm takes it at its end"),
-    SiteKind.HEAD_PRE_BN: ("DC001", "move it after the head's BatchNorm and activation, before global pooling (H4)"),
-    SiteKind.HEAD_POST_GAP: ("DC002", "move it before global pooling, after the head's last BatchNorm and "
-                                      "activation (H4)"),
-    SiteKind.HEAD_LOGITS: ("DC003", "remove it from the predictions; put dropout before global pooling (H4)"),
-    SiteKind.BRANCH_POST_WEIGHT: ("DC005", "move it before the branch's last weight layer (P6): PreDropout has "
-                                           "less variance shift than PostDropout when E[W] != 0"),
-    SiteKind.UNUSED: ("DC007", "call it in forward where it belongs, or delete it so nobody believes it is on"),
+
+@dataclass(frozen=True)
+class Context:
+    """What a condition may know beyond its own site: facts about all the sites together."""
+
+    repeated: dict[str, list[str]]  # site id -> the other active dropouts in its residual branch
+
+
+def _reaches_batchnorm(site: Site, context: Context) -> bool:
+    return site.active and bool(site.reaches)
+
+
+def _live_at_site_kind(site: Site, context: Context) -> bool:
+    # an unused dropout is never active (forward never calls it), yet its p > 0 is the point
+    return site.active or site.site is SiteKind.UNUSED
+
+
+def _repeated_in_branch(site: Site, context: Context) -> bool:
+    return site.id in context.repeated
+
+
+def _always_on(site: Site, context: Context) -> bool:
+    return site.always_on
+
+
+# A page's `fires-when` -> when it holds (besides the site kind). The order is the order of the
+# findings on one site, so that output stays stable whatever the codes.
+CONDITIONS: dict[str, Callable[[Site, Context], bool]] = {
+    "reaches-batchnorm": _reaches_batchnorm,  # a data path reaches a BatchNorm before any residual merge
+    "site-kind": _live_at_site_kind,  # a live dropout: the site kind alone decides
+    "repeated-in-branch": _repeated_in_branch,  # one of several in a residual branch, not the one kept
+    "always-on": _always_on,  # still live in the eval-mode graph
 }
-_PRE_BN_FIX = "put it where no BatchNorm follows before a residual merge: P6 in a branch, H4 in the head"
-_ALWAYS_ON_FIX = "pass training=self.training (or use an nn.Dropout module) so eval() switches it off"
-_REPEATED_FIX = "keep one dropout per residual branch, after the last BatchNorm and before the last weight layer"
+# The fields a page's `message` and `fix` templates may use, all text (see _fields): id (the site id),
+# op and p ("Dropout", "0.2"), at (" at P3" where the block matches the paper's figures, else empty),
+# owner (the module whose forward runs it, or "the root forward"), reached (the first three BatchNorms
+# it reaches, then " ..."), merge (the residual merge ending its branch), others (the rest of that branch).
+MESSAGE_FIELDS = ("id", "op", "p", "at", "owner", "reached", "merge", "others")
 
 
 def run_rules(sites: list[Site], rules: dict[str, Rule], enabled: frozenset[str] | None = None) -> list[Finding]:
-    """Findings for every active site, in site order; only rules in `enabled` (all when None)."""
-    findings: list[Finding] = []
-    repeated = repeated_in_branch(sites)
-    for site in sites:
-        candidates: list[tuple[str, str, str]] = []
-        if site.active and site.reaches:  # DC001 is reachability, whatever else the site is
-            advice = _BY_SITE.get(site.site, ("DC001", _PRE_BN_FIX))
-            candidates.append(("DC001", _message("DC001", site), advice[1] if advice[0] == "DC001" else _PRE_BN_FIX))
-        if site.active or site.site is SiteKind.UNUSED:
-            entry = _BY_SITE.get(site.site)
-            if entry and entry[0] != "DC001":
-                candidates.append((entry[0], _message(entry[0], site), entry[1]))
-        if site.id in repeated:
-            others = ", ".join(s for s in repeated[site.id])
-            candidates.append(("DC004", f"{site.id} is one of several dropouts in the residual branch merging at "
-                                        f"{site.merge} (with {others})", _REPEATED_FIX))
-        if site.always_on:
-            candidates.append(("DC006", f"{site.op}(p={site.p:g}) in {site.module or 'the root forward'} stays "
-                                        "active in eval mode", _ALWAYS_ON_FIX))
-        for code, message, fix in candidates:
-            if code not in rules or (enabled is not None and code not in enabled):
-                continue
-            rule = rules[code]
-            findings.append(Finding(rule=code, name=rule.name, severity=rule.severity, dropout=site.id,
-                                    message=message, fix=fix, reaches=site.reaches, source=site.source))
-    return findings
+    """Findings for every site, in site order; only rules in `enabled` (all when None)."""
+    chosen = sorted((r for code, r in rules.items() if enabled is None or code in enabled), key=_firing_order)
+    context = Context(repeated=repeated_in_branch(sites))
+    return [_finding(rule, site, context) for site in sites for rule in chosen if _fires(rule, site, context)]
 
 
-def _message(code: str, site: Site) -> str:
-    where = f" at {site.paper_position}" if site.paper_position else ""
-    if code == "DC001":
-        reached = ", ".join(site.reaches[:3]) + (" ..." if len(site.reaches) > 3 else "")
-        return (f"{site.op}(p={site.p:g}){where} reaches BatchNorm {reached} before any residual "
-                "merge: its train-time variance differs from test time, so the BatchNorm's statistics are wrong "
-                "at test time")
-    if code == "DC002":
-        return (f"{site.op}(p={site.p:g}){where} comes after global pooling: dropping whole pooled "
-                "channels gives the output more variance than dropping before the pool")
-    if code == "DC003":
-        return f"{site.op}(p={site.p:g}){where} drops the model's predictions: no weight layer follows"
-    if code == "DC005":
-        return (f"{site.op}(p={site.p:g}){where} follows the branch's last weight layer "
-                "(PostDropout)")
-    if code == "DC007":
-        return f"{site.op}(p={site.p:g}) is declared but forward never calls it"
-    return site.why
+def _fires(rule: Rule, site: Site, context: Context) -> bool:
+    """The page's site kinds and its condition: nothing else decides."""
+    return rule.fires_on(site.site) and CONDITIONS[rule.fires_when](site, context)
+
+
+def _firing_order(rule: Rule) -> tuple[int, str]:
+    return list(CONDITIONS).index(rule.fires_when), rule.code
+
+
+def _finding(rule: Rule, site: Site, context: Context) -> Finding:
+    fields = _fields(site, context)
+    return Finding(rule=rule.code, name=rule.name, severity=rule.severity, dropout=site.id,
+                   message=rule.message.format(**fields), fix=rule.advice(site.site).format(**fields),
+                   reaches=site.reaches, source=site.source)
+
+
+def _fields(site: Site, context: Context) -> dict[str, str]:
+    """MESSAGE_FIELDS for one site, as text."""
+    more = " ..." if len(site.reaches) > 3 else ""
+    return {
+        "id": site.id,
+        "op": site.op,
+        "p": f"{site.p:g}",
+        "at": f" at {site.paper_position}" if site.paper_position else "",  # where it matches the paper
+        "owner": site.module or "the root forward",
+        "reached": ", ".join(site.reaches[:3]) + more,
+        "merge": site.merge or "",
+        "others": ", ".join(context.repeated.get(site.id, ())),
+    }
 
 
 def repeated_in_branch(sites: list[Site]) -> dict[str, list[str]]:

@@ -21,18 +21,11 @@ import torch
 from torch import fx, nn
 
 from ..analysis import ops
+from ..analysis.catalog import moved_by_fix  # site kind -> the rule a move is credited to (rules/*.md)
 from .fixed import FixedModel, make_fixed_model
 from ..analysis.graph import ADD, BN, WEIGHT, Graph
 from ..records import Analysis, Capture, Change, DropcheckError, Site, SiteKind
 
-_MOVED_BY_KIND = {
-    SiteKind.BRANCH_PRE_BN: "DC001",
-    SiteKind.TRUNK_PRE_BN: "DC001",
-    SiteKind.HEAD_PRE_BN: "DC001",
-    SiteKind.HEAD_POST_GAP: "DC002",
-    SiteKind.HEAD_LOGITS: "DC003",
-    SiteKind.BRANCH_POST_WEIGHT: "DC005",  # Guideline 1: before the last weight layer (the paper drops P7)
-}
 _MODULE_FOR_FUNCTION = {
     "dropout": nn.Dropout, "dropout1d": nn.Dropout1d, "dropout2d": nn.Dropout2d, "dropout3d": nn.Dropout3d,
     "alpha_dropout": nn.AlphaDropout, "feature_alpha_dropout": nn.FeatureAlphaDropout,
@@ -189,7 +182,7 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
         if site.node is None or site.opaque or not site.active:
             continue
         if "::" in site.node:
-            if site.site in _MOVED_BY_KIND or site.id in (repeated or {}):
+            if site.site in moved_by_fix() or site.id in (repeated or {}):
                 plan.unfixable.append(f"{site.id}: inside a module traced on its own; fix it in that module")
             continue
         target, rule = _target_for(g, site, repeated or {})
@@ -233,7 +226,7 @@ def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[P
         if kept and (point is None or point.producer == site.node):
             return None, ""
         return point, "DC004"
-    rule = _MOVED_BY_KIND.get(site.site, "")
+    rule = moved_by_fix().get(site.site, "")
     if not rule:
         return None, ""
     if site.site in (SiteKind.BRANCH_PRE_BN, SiteKind.BRANCH_POST_WEIGHT):

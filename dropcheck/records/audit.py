@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 
 class StrEnum(str, Enum):
@@ -200,19 +200,41 @@ class Finding:
 
 @dataclass(frozen=True)
 class Rule:
-    """One entry of the rule catalogue (rules/*.md)."""
+    """One entry of the rule catalogue (rules/*.md): the page's front matter is the rule's definition.
+
+    The engine fires it on a site whose kind is in `sites` (or on any kind, `sites` being
+    ("any",)) when its condition `fires_when` holds; `message` and the advice are templates
+    over the site's fields (analysis.check.MESSAGE_FIELDS).
+    """
+
+    ANY: ClassVar[str] = "any"  # `sites: any` / `fix-moves: any`: whatever the site kind
 
     code: str
     name: str
     severity: Severity
     summary: str
-    sites: tuple[str, ...]
+    sites: tuple[str, ...]  # site kinds it fires on, or ("any",)
     paper: str
     path: str
     body: str  # the Markdown after the front matter
     example_bad: str = ""  # code of the "Example" section
     example_good: str = ""  # code of the "Use instead" section
     example_dropout: str = ""  # site id the bad example must be flagged on
+    fires_when: str = "site-kind"  # a condition of analysis.check.CONDITIONS
+    message: str = ""  # template of the finding's message
+    fix: str = ""  # template of the finding's fix advice
+    fix_by_site: tuple[tuple[str, str], ...] = ()  # (site kind, advice) where it differs from `fix`
+    fix_action: str = "none"  # what `dropcheck fix` does with a dropout it flags: move, convert or none
+    fix_moves: tuple[str, ...] = ()  # with move: the site kinds it is moved from (a move's credit), or ("any",)
+    fix_verifies: bool = False  # fix checks that a re-audit of the fixed model shows none of it
+
+    def fires_on(self, kind: str) -> bool:
+        """Whether the page lists this site kind (a SiteKind or its value)."""
+        return self.ANY in self.sites or str(kind) in self.sites
+
+    def advice(self, kind: str) -> str:
+        """The fix advice template for a site of this kind."""
+        return dict(self.fix_by_site).get(str(kind), self.fix)
 
     def to_dict(self) -> dict[str, Any]:
         return {
