@@ -13,6 +13,7 @@ from ..output import report
 from ..records import DropcheckError, Report, Severity
 from .errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, fail, print_tracebacks
 from .interrupts import exit_on_interrupt
+from .measure import measure_all
 from .options import (NO_TARGET_HINT, InputShapeOption, ModelArgsOption, TargetsArg, check_format, check_report_path,
                       check_targets, format_option, model_inputs, verbose_option)
 from .streams import emit, stderr_console, stdout_to_stderr
@@ -64,8 +65,6 @@ def audit(
     except DropcheckError as exc:
         fail(err, exc)
     if measure_too:
-        from .measure import measure_all
-
         reports = measure_all(jobs, {"enabled": enabled}, None, False, err)
     else:
         reports = _audit_all(jobs, enabled, err)

@@ -12,12 +12,13 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 @contextlib.contextmanager
-def exit_on_interrupt(err: Console, kept: Callable[[], str] = str, quiet: bool = False) -> Iterator[None]:
+def exit_on_interrupt(err: Console, kept: Callable[[], str] | None = None, quiet: bool = False) -> Iterator[None]:
     """Inside: Ctrl-C prints `dropcheck: interrupted` and what `kept()` adds (what was saved and how
     to go on), then exits 130. `quiet`: say nothing (a torchrun worker: rank 0 speaks for all)."""
     try:
         yield
     except KeyboardInterrupt:
         if not quiet:
-            err.print(Text(f"dropcheck: interrupted{kept()}", style="bold red"), soft_wrap=True)
+            note = kept() if kept is not None else ""
+            err.print(Text(f"dropcheck: interrupted{note}", style="bold red"), soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
