@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dropcheck import __version__, cli
+from dropcheck import __version__, atomic, cli
+from dropcheck.cli import errors
 from dropcheck.records import DropcheckError, Report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,9 +201,9 @@ def test_write_atomic_leaves_the_old_file_when_replace_fails(tmp_path: Path,
     def refuse(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli.os, "replace", refuse)
+    monkeypatch.setattr(atomic.os, "replace", refuse)
     with pytest.raises(DropcheckError) as caught:
-        cli.write_atomic(target, "new\n")
+        atomic.write_atomic(target, "new\n")
     assert caught.value.kind == "output" and caught.value.hint
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
@@ -274,7 +275,7 @@ def test_verbose_traceback_is_the_cause_of_the_error(capsys: pytest.CaptureFixtu
         except ValueError as exc:
             raise DropcheckError("trace", "cannot trace M", "make it a leaf") from exc
     except DropcheckError as error:
-        cli._print_tracebacks([Report(target="m.py", status="error", error=error)])
+        errors.print_tracebacks([Report(target="m.py", status="error", error=error)])
     err = capsys.readouterr().err
     assert err.startswith("traceback for m.py:") and "ValueError: deep inside the tracer" in err
 

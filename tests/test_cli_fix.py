@@ -247,7 +247,7 @@ def test_no_changes_says_the_model_already_follows_the_guidelines() -> None:
 
 
 def test_dry_run_says_when_the_real_run_could_not_write() -> None:
-    from dropcheck import cli
+    from dropcheck.cli import fix as cli
     from dropcheck.records import DropcheckError
 
     result = FixResult(target="m.py", model=_MODEL, changes=[], checks=[], unfixable=[], code_before="",

@@ -206,4 +206,6 @@ def test_cli_plot_without_matplotlib_says_how_to_install_it(monkeypatch: pytest.
 
 
 def test_cli_figure_list_matches_the_stage() -> None:
-    assert cli._FIGURES == reproduce.FIGURES
+    from dropcheck.cli.reproduce import _FIGURES
+
+    assert _FIGURES == reproduce.FIGURES

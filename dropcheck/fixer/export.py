@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import umask
 from ..config import check_output
 from .fixed import import_lines

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..records import DropcheckError, Reproduction
+from .device import check_device, resolve_device
 from .stats import ChannelStats
 
 FIGURES = ("fig1", "fig3", "prop5")
@@ -59,12 +60,11 @@ class Setup:
 def make_setup(device: str = "auto", batch_size: int | None = None, batches: int = DEFAULT_BATCHES,
                seed: int = 0) -> Setup:
     """Resolve `auto` and the batch size (10^5 on CUDA as in the paper, smaller on CPU)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise DropcheckError("usage", f"unknown --device '{device}'", "choose one of auto, cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DropcheckError("usage", "--device cuda: CUDA is not available", "use --device cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    resolved = torch.device("cuda" if use_cuda else "cpu")
+    check_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DropcheckError("usage", f"--device {device}: CUDA is not available", "use --device cpu or auto")
+    resolved = resolve_device(device)
+    use_cuda = resolved.type == "cuda"
     size = batch_size if batch_size is not None else (PAPER_BATCH if use_cuda else CPU_BATCH)
     if size < 2 or batches < 1:
         raise DropcheckError("usage", f"--batch-size {size} x --batches {batches} is too small",

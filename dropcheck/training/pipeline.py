@@ -1,11 +1,90 @@
-"""train-compare, end to end: build the variants of a target, then train them on paired seeds."""
+"""train-compare, end to end: build the variants of a target, then train them on paired seeds.
+
+`run_train_compare` is the command's entry: it takes the flags as one `TrainOptions` record and
+makes the choices that depend on the machine (threads, device, AMP, channels_last) before
+`train_compare_target` builds and trains.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..measurement.device import resolve_device
 from ..records import DropcheckError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What train-compare was asked for, flag by flag. None leaves the choice to the data or the device."""
+
+    variants: tuple[str, ...] = ("original", "fixed")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    epochs: int | None = None  # default: loop.default_epochs(dataset)
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    p: float | None = None
+    baseline: str | None = None
+    device: str = "auto"
+    amp: bool | None = None  # default: on with CUDA (never without it)
+    channels_last: bool | None = None  # default: on with CUDA
+    compile: bool = False
+    threads: int | None = None  # default: torch's, or the resumed run's
+
+    def recipe(self, run_on: Any) -> Any:
+        """The training recipe on the device `run_on` (a torch.device)."""
+        from .loop import Recipe, default_epochs
+
+        on_cuda = run_on.type == "cuda"
+        return Recipe(epochs=self.epochs or default_epochs(self.dataset), batch_size=self.batch_size, lr=self.lr,
+                      weight_decay=self.weight_decay, amp=on_cuda if self.amp is None else self.amp and on_cuda,
+                      channels_last=on_cuda if self.channels_last is None else self.channels_last,
+                      compile=self.compile)
+
+
+def variant_names(variants: str, sweep: str | None) -> list[str]:
+    """--variants, or --sweep (which replaces it): the sweep is `none` plus one variant per position."""
+    from .variants import SWEEP_POSITIONS, parse_variants
+
+    if sweep is None:
+        return parse_variants(variants)
+    positions = parse_variants(sweep)
+    wrong = [name for name in positions if name not in SWEEP_POSITIONS]
+    if wrong:
+        raise DropcheckError("usage", f"--sweep takes positions, not {', '.join(wrong)}",
+                             f"choose from {', '.join(SWEEP_POSITIONS)}; the sweep adds 'none' itself")
+    return ["none", *positions]
+
+
+def run_train_compare(spec: str, model_args: dict[str, Any] | None, input_shape: tuple[int, ...] | None,
+                      options: TrainOptions, *, resume: Any = None, world: Any = None, listener: Any = None,
+                      progress: Callable[[str], None] | None = None) -> Any:
+    """train-compare with the command's options. Pins the CPU threads (a resumed run keeps its own, so
+    its numbers stay paired), takes this process's device (its own GPU under torchrun) and joins the
+    process group for the run. Returns the Comparison."""
+    import torch
+
+    from . import distributed
+
+    world = world or distributed.World()
+    threads = options.threads
+    if threads is None and resume is not None:
+        threads = resume.settings.get("threads")  # same threads, same numbers: a resumed run stays paired
+    if threads:
+        torch.set_num_threads(threads)
+    run_on = distributed.start(world, resolve_device(options.device))
+    try:
+        return train_compare_target(spec, model_args, input_shape, variants=options.variants, seeds=options.seeds,
+                                    dataset=options.dataset, data_dir=options.data_dir, download=options.download,
+                                    recipe=options.recipe(run_on), device=str(run_on), p=options.p,
+                                    baseline=options.baseline, resume=resume, world=world, listener=listener,
+                                    progress=progress)
+    finally:
+        distributed.stop(world)
 
 
 def train_compare_target(spec: str, model_args: dict[str, Any] | None, input_shape: tuple[int, ...] | None, *,

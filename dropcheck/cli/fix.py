@@ -1,0 +1,151 @@
+"""`dropcheck fix`: rewrite one target to follow Guidelines 1 and 2, verify it, write it out."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ..config import check_output
+from ..output.formats import BASIC_FORMATS
+from ..output.json_documents import render_fix_json
+from ..output.progress import step_progress
+from ..output.text.fix import render_fix, render_fix_outcome
+from ..records import DropcheckError, FixResult
+from .errors import EXIT_CLEAN, EXIT_ERROR, as_error, fail, print_traceback
+from .interrupts import exit_on_interrupt
+from .options import (NO_TARGET_HINT, InputShapeOption, ModelArgsOption, TargetsArg, check_format, force_option,
+                      format_option, model_inputs, verbose_option)
+from .streams import stderr_console, stdout_to_stderr
+
+
+def fix(
+    targets: TargetsArg = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="OUT", show_default=False,
+        help="Write the fixed model here: a directory (code, weights, changes.json), or a .pt file.")] = None,
+    model_arg: ModelArgsOption = None,
+    input_shape: InputShapeOption = None,
+    p: Annotated[float | None, typer.Option(
+        "--p", metavar="P", show_default=False,
+        help="Dropout probability of every fixed dropout (default: each keeps its own).")] = None,
+    add: Annotated[float | None, typer.Option(
+        "--add", metavar="P", show_default=False,
+        help="Insert guideline dropout with probability P into every branch and the head that have none.")] = None,
+    diff: Annotated[bool, typer.Option("--diff", help="Print the forward code before and after as a diff.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
+    force: Annotated[bool, force_option()] = False,
+    fmt: Annotated[str, format_option("text or json.")] = "text",
+    verbose: Annotated[bool, verbose_option("Show the traceback of a failure.")] = False,
+) -> None:
+    """Rewrite TARGET to follow Guidelines 1 and 2, verify nothing else changed, and write it to OUT."""
+    err = stderr_console()
+    try:
+        spec = _check_fix_options(targets, output, dry_run, fmt, p, add)
+        kwargs, shape = model_inputs(model_arg, input_shape)
+    except DropcheckError as exc:
+        fail(err, exc)
+    if output is not None and not dry_run:
+        _guard(err, spec, fmt, verbose, lambda: check_output(output, force))  # before the model loads
+    result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
+    console = Console()
+    if fmt == "text":
+        render_fix(result, console, diff)
+    written: list[Path] = []
+    if result.ok and not dry_run and output is not None:
+        with step_progress(err, f"writing {output}"):
+            written = _guard(err, spec, fmt, verbose, lambda: _export().write_output(result, output, force),
+                             result=result)
+    if fmt == "json":
+        render_fix_json(result, console, written, diff)
+        if not result.ok:
+            err.print(Text(_nothing_written(result), style="bold red"), soft_wrap=True, highlight=False)
+    else:
+        blocked = _dry_run_blocker(output, force) if dry_run and result.ok else None
+        render_fix_outcome(console, _fix_outcome(result, output, dry_run, written, blocked), result.ok)
+    raise typer.Exit(EXIT_CLEAN if result.ok else EXIT_ERROR)
+
+
+def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: bool, fmt: str,
+                       p: float | None, add: float | None) -> str:
+    """Cheap checks first, so a typo costs no model import; returns the one target."""
+    if not targets:
+        raise DropcheckError("usage", "no target given", NO_TARGET_HINT.replace("audit", "fix"))
+    if len(targets) > 1:
+        raise DropcheckError("usage", f"fix takes one TARGET, got {len(targets)}: {', '.join(targets)}",
+                             "run dropcheck fix once per model")
+    check_format(fmt, BASIC_FORMATS)
+    for flag, value in (("--p", p), ("--add", add)):
+        if value is not None and not 0 <= value < 1:
+            raise DropcheckError("usage", f"{flag} {value:g} is not a dropout probability",
+                                 "give a number in [0, 1), e.g. 0.1")
+    if output is None and not dry_run:
+        raise DropcheckError("usage", "no output given", "name one with -o OUT (a directory, or a .pt file), "
+                             "or pass --dry-run to only see the changes")
+    return targets[0]
+
+
+def _export() -> Any:
+    from ..fixer import export  # the writer imports torch: only when there is something to check or write
+
+    return export
+
+
+def _fix_one(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None,
+             add: float | None, err: Console) -> FixResult:
+    from ..fixer.pipeline import fix_target  # torch and the analysis load here, never for --help
+
+    with step_progress(err, f"fixing {spec}") as step, stdout_to_stderr():
+        return fix_target(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"))
+
+
+def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[], Any],
+           result: FixResult | None = None) -> Any:
+    """Run one step of `fix`; a failure becomes one line `TARGET: error (kind): ...` (and the JSON
+    document with --format json), and exit 2."""
+    with exit_on_interrupt(err):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - a bug of ours must still end in one line, not a traceback
+            error = as_error(exc, spec, "fixing")
+    if verbose:
+        print_traceback(spec, error)
+    if fmt == "json":
+        render_fix_json(result, Console(), [], False, error=error, target=spec)
+    err.print(Text.assemble((f"{spec}: error ({error.kind}): ", "bold red"), error.one_line()),
+              soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _dry_run_blocker(output: Path | None, force: bool) -> DropcheckError | None:
+    """What would stop the real run from writing OUT (it exists, no such directory), if anything."""
+    if output is None:
+        return None
+    try:
+        check_output(output, force)
+    except DropcheckError as exc:
+        return exc
+    return None
+
+
+def _fix_outcome(result: FixResult, output: Path | None, dry_run: bool, written: list[Path],
+                 blocked: DropcheckError | None = None) -> str:
+    if not result.ok:
+        return _nothing_written(result)
+    if dry_run:
+        if output is None:
+            return "dry run: nothing written"
+        if blocked is not None:
+            return f"dry run: nothing written (writing {output} would fail: {blocked.one_line()})"
+        return f"dry run: nothing written (would write {output})"
+    return "\n".join(f"wrote {path}" for path in written) or f"wrote {output}"
+
+
+def _nothing_written(result: FixResult) -> str:
+    failed = [c.name for c in result.checks if not c.ok]
+    reasons = ([f"{len(result.unfixable)} site(s) cannot be fixed"] if result.unfixable else []) + \
+        ([f"check(s) failed: {', '.join(failed)}"] if failed else [])
+    return f"nothing written: {'; '.join(reasons)}"
