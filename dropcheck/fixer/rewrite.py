@@ -33,11 +33,6 @@ _MOVED_BY_KIND = {
     SiteKind.HEAD_LOGITS: "DC003",
     SiteKind.BRANCH_POST_WEIGHT: "DC005",  # Guideline 1: before the last weight layer (the paper drops P7)
 }
-_MODULE_FOR_FUNCTION = {
-    "dropout": nn.Dropout, "dropout1d": nn.Dropout1d, "dropout2d": nn.Dropout2d, "dropout3d": nn.Dropout3d,
-    "alpha_dropout": nn.AlphaDropout, "feature_alpha_dropout": nn.FeatureAlphaDropout,
-    "feature_dropout": nn.Dropout2d,
-}
 
 
 @dataclass(frozen=True)
@@ -84,10 +79,9 @@ def _join(parent: str, name: str) -> str:
 
 def branch_point(g: Graph, merge: int) -> Point | None:
     """Guideline 1's place in the branch that ends at `merge`."""
-    side = _branch_side(g, merge)
-    if side is None:
+    chain = g.branch_chain(merge)
+    if chain is None:
         return None
-    chain, _ = side
     weights = [k for k, i in enumerate(chain) if g.kinds[i] == WEIGHT]
     if not weights:
         return None
@@ -114,38 +108,6 @@ def _holder(g: Graph, i: int) -> str:
     return str(n.target).rpartition(".")[0] if n.op == "call_module" else n.owner
 
 
-def _branch_side(g: Graph, merge: int) -> tuple[list[int], int] | None:
-    """The merge operand that is the residual branch (the one with more weight layers), as a chain."""
-    operands = [j for j in g.inputs[merge] if g.data[j]]
-    if len(operands) < 2:
-        return None
-    best: tuple[int, int, list[int], int] | None = None
-    for j in operands:
-        others = [o for o in operands if o != j]
-        chain, k = [], j
-        for _ in range(256):
-            if k is None or any(g.depends(o, k) for o in others):
-                break
-            chain.append(k)
-            k = g.main_input(k)
-        score = (sum(g.kinds[i] == WEIGHT for i in chain), len(chain))
-        if best is None or score > best[:2]:
-            best = (*score, chain, j)
-    assert best is not None
-    return best[2], best[3]
-
-
-def residual_merges(g: Graph) -> list[int]:
-    """Adds with two data operands: the candidates for the end of a residual branch."""
-    return [i for i, kind in enumerate(g.kinds) if kind == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2]
-
-
-def branch_chain(g: Graph, merge: int) -> list[int] | None:
-    """The residual branch that ends at `merge`: its nodes from the merge operand back to the fork."""
-    side = _branch_side(g, merge)
-    return side[0] if side is not None else None
-
-
 def head_point(g: Graph) -> Point | None:
     """Guideline 2's place: just before the global pool that feeds the output (H4)."""
     if not g.final_pools:
@@ -159,12 +121,6 @@ def head_point(g: Graph) -> Point | None:
     return Point(g.names[producer], g.names[pool], "", f"before global pooling {g.display(pool)}", position)
 
 
-def _merge_of(g: Graph, s: int) -> int | None:
-    seen = g.walk([s], lambda i: g.is_merge_for(i, s))
-    merges = sorted(i for i in seen if i != s and g.is_merge_for(i, s))
-    return merges[0] if merges else None
-
-
 def _block_entered(g: Graph, s: int) -> int | None:
     """For trunk dropout (P0): the add of the residual block its first BatchNorm belongs to."""
     before_bn = g.walk([s], lambda i: g.kinds[i] == BN)
@@ -172,8 +128,7 @@ def _block_entered(g: Graph, s: int) -> int | None:
     if not bns:
         return None
     ahead = g.walk([bns[0]], lambda i: g.kinds[i] == ADD)
-    adds = sorted(i for i in ahead if g.kinds[i] == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2)
-    return adds[0] if adds else None
+    return min((i for i in ahead if g.is_merge(i)), default=None)
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -200,7 +155,7 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
                                          site.site is SiteKind.HEAD_PRE_BN else "no residual branch or head"))
             else:
                 kept_at[site.node] = site
-                if site.op in _MODULE_FOR_FUNCTION:
+                if site.op in ops.MODULE_FOR_DROPOUT_FUNCTION:
                     p = p_override if p_override is not None else site.p
                     plan.conversions[site.id] = (site, plan.free_name(_new_name(site)), p)
             continue
@@ -228,7 +183,7 @@ def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[P
     kept = site.id not in repeated and site.site is SiteKind.BRANCH_GUIDELINE and \
         any(site.id in others for others in repeated.values())
     if site.id in repeated or kept:
-        merge = _merge_of(g, s)
+        merge = g.first_merge_after(s)
         point = branch_point(g, merge) if merge is not None else None
         if kept and (point is None or point.producer == site.node):
             return None, ""
@@ -237,7 +192,7 @@ def _target_for(g: Graph, site: Site, repeated: dict[str, list[str]]) -> tuple[P
     if not rule:
         return None, ""
     if site.site in (SiteKind.BRANCH_PRE_BN, SiteKind.BRANCH_POST_WEIGHT):
-        merge = _merge_of(g, s)
+        merge = g.first_merge_after(s)
         return (branch_point(g, merge) if merge is not None else None), rule
     if site.site is SiteKind.TRUNK_PRE_BN:
         block = _block_entered(g, s) if site.paper_position == "P0" else None
@@ -256,7 +211,8 @@ def _settle(point: Point, group: list[tuple[Site, str]], kept_at: dict[str, Site
                                        resident.paper_position))
         return
     p = p_override if p_override is not None else max(site.p for site, _ in group)
-    reuse = next((site.module for site, _ in group if site.op not in _MODULE_FOR_FUNCTION and site.module), None)
+    reuse = next((site.module for site, _ in group
+                  if site.op not in ops.MODULE_FOR_DROPOUT_FUNCTION and site.module), None)
     module = reuse or plan.free_name(_point_module_name(point))
     plan.insertions[point] = (p, module, reuse is not None)
     first, rest = group[0], group[1:]
@@ -270,7 +226,7 @@ def _add_everywhere(g: Graph, plan: Plan, movers: dict[Point, list[tuple[Site, s
                     kept_at: dict[str, Site], p: float) -> None:
     """--add P: guideline dropout in every residual branch and the head that have none."""
     points = []
-    for i in residual_merges(g):
+    for i in g.merges:
         point = branch_point(g, i)
         if point is not None:
             points.append(point)
@@ -386,7 +342,7 @@ def build_fixed(capture: Capture, plan: Plan) -> FixedModel:
         else:
             _register(root, name, nn.Dropout(p))
     for site, name, p in plan.conversions.values():
-        _register(root, name, _MODULE_FOR_FUNCTION[site.op](p))
+        _register(root, name, ops.MODULE_FOR_DROPOUT_FUNCTION[site.op](p))
     train_gm, eval_gm = capture.graph_module, capture.eval_graph_module
     if eval_gm is None:
         raise DropcheckError("fix", "the model could not be traced in eval mode", "fix needs both fx graphs")
@@ -406,7 +362,7 @@ def _retire_removed(root: nn.Module, plan: Plan, graphs: list[fx.Graph]) -> None
     state_dict is unchanged), the module tree keeps its shape, and a re-audit sees no unused dropout."""
     called = {str(n.target) for g in graphs for n in g.nodes if n.op == "call_module"}
     for site in plan.removals:
-        name = site.module if site.op not in _MODULE_FOR_FUNCTION else None
+        name = site.module if site.op not in ops.MODULE_FOR_DROPOUT_FUNCTION else None
         if name and name not in called and ops.is_dropout_module(root.get_submodule(name)):
             _register(root, name, nn.Identity())
 

@@ -2,7 +2,7 @@
 
 A sweep variant is the no-dropout model plus one nn.Dropout at one paper position, in every residual
 branch (P0-P7) or in the head (H3-H6). Positions are defined on each branch's chain (the merge operand
-back to the fork, along main inputs; rewrite.branch_chain), so they reach any ResNet-like model:
+back to the fork, along main inputs; Graph.branch_chain), so they reach any ResNet-like model:
 
     P0 on the block input, before the split (branch and skip both see it)
     P1 into the branch's first BN           P2 right after it
@@ -33,7 +33,7 @@ from ..analysis.capture import capture_graph
 from ..analysis.graph import BN, WEIGHT, Graph
 from ..fixer.pipeline import fix_loaded
 from ..records import Analysis, Capture, DropcheckError, Target
-from ..fixer.rewrite import Plan, Point, branch_chain, branch_point, build_fixed, head_point, residual_merges
+from ..fixer.rewrite import Plan, Point, branch_point, build_fixed, head_point
 from ..analysis.sites import find_sites
 
 SWEEP_POSITIONS = ("P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "H3", "H4", "H5", "H6")
@@ -230,8 +230,8 @@ def _sweep_points(capture: Capture, name: str, model: str) -> list[Point]:
             raise DropcheckError("usage", f"{name}: no place for it in the head of {model}", "sweep other positions")
         return points
     branches = []
-    for merge in residual_merges(g):
-        chain = branch_chain(g, merge) if "::" not in g.names[merge] else None
+    for merge in g.merges:
+        chain = g.branch_chain(merge) if "::" not in g.names[merge] else None
         if chain and any(g.kinds[i] == WEIGHT for i in chain):
             branches.append((merge, chain[::-1]))  # fork side first
     if not branches:
