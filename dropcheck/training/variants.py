@@ -8,9 +8,9 @@ back to the fork, along main inputs; Graph.branch_chain), so they reach any ResN
     P1 into the branch's first BN           P2 right after it
     P3 before the first weight layer after the first BN (and its activation)
     P4 into the branch's last BN            P5 right after it
-    P6 Guideline 1's place (rewrite.branch_point)
+    P6 Guideline 1's place (plan.branch_point)
     P7 right after the branch's last weight layer
-    H3 after the head's last BN             H4 Guideline 2's place (rewrite.head_point)
+    H3 after the head's last BN             H4 Guideline 2's place (plan.head_point)
     H5 right after the global pool          H6 on the model's output
 
 Each variant is re-audited, and its `positions` say what the audit makes of it: a block that does not
@@ -31,10 +31,11 @@ from torch import nn
 from ..analysis import ops
 from ..analysis.capture import capture_graph
 from ..analysis.graph import BN, WEIGHT, Graph
-from ..fixer.pipeline import fix_loaded
-from ..records import Analysis, Capture, DropcheckError, Target
-from ..fixer.rewrite import Plan, Point, branch_point, build_fixed, head_point
 from ..analysis.sites import find_sites
+from ..fixer.pipeline import fix_loaded
+from ..fixer.plan import Plan, Point, branch_point, head_point
+from ..fixer.rewrite import build_fixed
+from ..records import Analysis, Capture, DropcheckError, Target
 
 SWEEP_POSITIONS = ("P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "H3", "H4", "H5", "H6")
 BASE_VARIANTS = ("original", "fixed", "none")
