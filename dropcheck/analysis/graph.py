@@ -247,7 +247,8 @@ class Graph:
         return Branch(self, s, merge) if merge is not None else None
 
     def back_to_fork(self, start: int | None, others: Sequence[int]) -> list[int]:
-        """From `start` back along main inputs to the fork: the nodes none of `others` depends on."""
+        """From `start` back along main inputs, up to (not including) the first node one of `others`
+        depends on: the fork where a merge operand's path leaves the other operands' ancestry."""
         chain, j = [], start
         for _ in range(MAX_BACK_STEPS * 4):
             if j is None or any(self.depends(o, j) for o in others):
@@ -262,8 +263,9 @@ class Graph:
         if merge not in self._branch_chains:
             operands = self.data_operands(merge)
             chains = [self.back_to_fork(j, [o for o in operands if o != j]) for j in operands]
-            self._branch_chains[merge] = max(
-                chains, key=lambda c: (sum(self.kinds[i] == WEIGHT for i in c), len(c))) if len(chains) >= 2 else None
+            weights_then_length = lambda c: (sum(self.kinds[i] == WEIGHT for i in c), len(c))  # noqa: E731
+            # max keeps the first of equals: ties go to the earlier operand
+            self._branch_chains[merge] = max(chains, key=weights_then_length) if len(operands) >= 2 else None
         return self._branch_chains[merge]
 
     def main_input(self, i: int) -> int | None:
