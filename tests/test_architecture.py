@@ -16,8 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dropcheck"
 MAX_LINES = 400
-# dropcheck 0.1.0 pickled fixed models by reference to `dropcheck.fixed._rebuild`; the shim must keep that name
-PRIVATE_ALLOWED = {("dropcheck.fixed", "dropcheck.fixer.fixed", "_rebuild")}
 
 
 def _modules() -> dict[str, Path]:
@@ -63,7 +61,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
                 continue
             for alias in node.names:
                 private = alias.name.startswith("_") and not alias.name.startswith("__")
-                if private and (module, source, alias.name) not in PRIVATE_ALLOWED:
+                if private:
                     found.append(f"{module} imports {source}.{alias.name} (line {node.lineno})")
     assert not found, "\n".join(found)
 

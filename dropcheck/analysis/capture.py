@@ -31,8 +31,8 @@ _NN_MODULES_DIR = _MODULE_PY.rsplit("/", 1)[0]
 class DropcheckTracer(fx.Tracer):
     """A plain fx tracer whose leaves are the dropout family, stochastic depth and `extra_leaves`."""
 
-    def __init__(self, extra_leaves: tuple[type, ...] = (), autowrap_functions: Iterable[Callable[..., Any]] = (),
-                 root_is_leaf_ok: bool = True) -> None:
+    def __init__(self, extra_leaves: tuple[type, ...] = (),
+                 autowrap_functions: Iterable[Callable[..., Any]] = ()) -> None:
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.extra_leaves = extra_leaves
         self.sources: dict[str, SourceLocation | None] = {}

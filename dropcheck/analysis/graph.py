@@ -1,13 +1,17 @@
 """An index-based view of the flow graph: one kind per node, global pools, local dependence tests.
 
-Shared by sites (classification) and fix (where a dropout goes). Nodes are in topological
-order, which keeps every "does this depend on that" question local.
+The graph facts every stage reads are worked out here, once: the residual merges (adds with two
+data operands), the first merge after a dropout, a merge's residual branch, the branch that holds
+a dropout (`Branch`). Sites classify with them, fix places dropout with them, measure taps the
+merges, train-compare sweeps the branches. Nodes are in topological order, which keeps every
+"does this depend on that" question local.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from functools import cached_property
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +50,8 @@ class Graph:
         self.post_pool = self.walk(self.final_pools, lambda i: False)
         self.head_bns = {i for i, k in enumerate(self.kinds) if k == BN and self._feeds_final_pool(i)}
         self.has_bn = any(k == BN for k in self.kinds)
+        self._first_merges: dict[int, int | None] = {}
+        self._branch_chains: dict[int, list[int] | None] = {}
 
     # -- classification of single nodes --------------------------------------------------------
 
@@ -148,7 +154,7 @@ class Graph:
 
     def _reduces_space(self, i: int) -> bool:
         out = self.nodes[i].shape
-        ins = [self.nodes[j].shape for j in self.inputs[i] if self.data[j]]
+        ins = [self.nodes[j].shape for j in self.data_operands(i)]
         if not out or not ins or not ins[0]:
             return False
         before = ins[0]
@@ -206,16 +212,65 @@ class Graph:
                     stack.append(p)
         return False
 
+    # -- residual merges and branches ----------------------------------------------------------
+
+    def data_operands(self, i: int) -> list[int]:
+        """The inputs of node i that carry data (descend from a model input), in argument order."""
+        return [j for j in self.inputs[i] if self.data[j]]
+
+    @cached_property
+    def merges(self) -> list[int]:
+        """Adds with two data operands, in graph order: where a residual branch can end."""
+        return [i for i, k in enumerate(self.kinds) if k == ADD and len(self.data_operands(i)) >= 2]
+
+    @cached_property
+    def _merge_set(self) -> frozenset[int]:
+        return frozenset(self.merges)
+
+    def is_merge(self, i: int) -> bool:
+        return i in self._merge_set
+
     def is_merge_for(self, i: int, s: int) -> bool:
-        """An add downstream of s with an operand that carries data and does not depend on s."""
-        if self.kinds[i] != ADD or i <= s:
-            return False
-        operands = [j for j in self.inputs[i] if self.data[j]]
-        return len(operands) >= 2 and any(not self.depends(j, s) for j in operands)
+        """A merge downstream of s with a data operand that does not depend on s."""
+        return i > s and self.is_merge(i) and any(not self.depends(j, s) for j in self.data_operands(i))
+
+    def first_merge_after(self, s: int) -> int | None:
+        """The merge that ends s's residual branch: the first merge for s that a path from s meets."""
+        if s not in self._first_merges:
+            reached = self.walk([s], lambda i: self.is_merge_for(i, s))
+            self._first_merges[s] = min((i for i in reached if i != s and self.is_merge_for(i, s)), default=None)
+        return self._first_merges[s]
+
+    def branch_of(self, s: int) -> Branch | None:
+        """The residual branch that holds s and ends at its first merge, if one does."""
+        merge = self.first_merge_after(s)
+        return Branch(self, s, merge) if merge is not None else None
+
+    def back_to_fork(self, start: int | None, others: Sequence[int]) -> list[int]:
+        """From `start` back along main inputs, up to (not including) the first node one of `others`
+        depends on: the fork where a merge operand's path leaves the other operands' ancestry."""
+        chain, j = [], start
+        for _ in range(MAX_BACK_STEPS * 4):
+            if j is None or any(self.depends(o, j) for o in others):
+                break
+            chain.append(j)
+            j = self.main_input(j)
+        return chain
+
+    def branch_chain(self, merge: int) -> list[int] | None:
+        """The residual branch that ends at `merge`: of its data operands the one with the most weight
+        layers (then the longest), as its nodes from the merge back to the fork. None for no merge."""
+        if merge not in self._branch_chains:
+            operands = self.data_operands(merge)
+            chains = [self.back_to_fork(j, [o for o in operands if o != j]) for j in operands]
+            weights_then_length = lambda c: (sum(self.kinds[i] == WEIGHT for i in c), len(c))  # noqa: E731
+            # max keeps the first of equals: ties go to the earlier operand
+            self._branch_chains[merge] = max(chains, key=weights_then_length) if len(operands) >= 2 else None
+        return self._branch_chains[merge]
 
     def main_input(self, i: int) -> int | None:
         """The operand that carries the main signal: same shape as the output, else the largest."""
-        operands = [j for j in self.inputs[i] if self.data[j]]
+        operands = self.data_operands(i)
         if not operands:
             return None
         shape = self.nodes[i].shape
@@ -263,8 +318,6 @@ def _prod(dims: Iterable[int]) -> int:
     return out
 
 
-
-
 class Branch:
     """The residual branch that holds dropout s and ends at `merge`.
 
@@ -274,23 +327,15 @@ class Branch:
 
     def __init__(self, g: Graph, s: int, merge: int) -> None:
         self.g, self.s, self.merge = g, s, merge
-        operands = [j for j in g.inputs[merge] if g.data[j]]
+        operands = g.data_operands(merge)
         self.skip = next((j for j in operands if not g.depends(j, s)), None)
         self.side = next((j for j in operands if g.depends(j, s)), None)
-        self.chain = self._chain()  # merge side back to the fork along main inputs
+        # merge side back to the fork along main inputs
+        self.chain = g.back_to_fork(self.side, [self.skip] if self.skip is not None else [])
         self.on_skip = not any(g.kinds[i] == WEIGHT for i in self.chain)
 
     def in_fork(self, j: int) -> bool:
         return self.skip is not None and self.g.depends(self.skip, j)
-
-    def _chain(self) -> list[int]:
-        chain, j = [], self.side
-        for _ in range(MAX_BACK_STEPS * 4):
-            if j is None or self.in_fork(j):
-                break
-            chain.append(j)
-            j = self.g.main_input(j)
-        return chain
 
     def weight_after_s(self) -> bool:
         """A weight layer on the main chain between s and the merge (SE gates are side paths)."""

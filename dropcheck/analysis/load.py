@@ -315,7 +315,7 @@ def _record_declarations(by_id: dict[int, SourceLocation]) -> Iterator[None]:
 
     def hook(parent: nn.Module, name: str, sub: Any) -> None:
         if isinstance(sub, nn.Module) and id(sub) not in by_id:
-            loc = user_location(sys._getframe(1))
+            loc = _user_location(sys._getframe(1))
             if loc is not None:
                 by_id[id(sub)] = loc
 
@@ -345,7 +345,8 @@ def is_library_frame(filename: str) -> bool:
     return filename.startswith(_TORCH_DIR) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<")
 
 
-def user_location(frame: types.FrameType | None) -> SourceLocation | None:
+def _user_location(frame: types.FrameType | None) -> SourceLocation | None:
+    """From `frame` outwards, the first frame outside torch and dropcheck: the user's line that made the call."""
     while frame is not None:
         if not is_library_frame(frame.f_code.co_filename):
             return SourceLocation(display_path(frame.f_code.co_filename), frame.f_lineno)

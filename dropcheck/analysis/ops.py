@@ -1,8 +1,9 @@
 """The op vocabulary: which modules and functions are dropout, BatchNorm, weights, pools, merges.
 
-Shared by capture (what must stay a leaf) and sites (what each node is). timm and
-torchvision types are looked up only when those packages are already imported, so a
-user's own model never pays for importing them.
+Shared by capture (what must stay a leaf), the graph view (what each node is), and fix and
+measure (the module that replaces a functional dropout). timm and torchvision types are
+looked up only when those packages are already imported, so a user's own model never pays
+for importing them.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ DROPOUT_FUNCTIONS: dict[Callable[..., Any], tuple[str, int, str, int]] = {
     torch.feature_dropout: ("p", 1, "train", 2),
     torch.alpha_dropout: ("p", 1, "train", 2),
     torch.feature_alpha_dropout: ("p", 1, "train", 2),
+}
+# a functional dropout's name (a site's op) -> the module that does the same and that train()/eval() switch
+MODULE_FOR_DROPOUT_FUNCTION: dict[str, type[nn.Module]] = {
+    "dropout": nn.Dropout, "dropout1d": nn.Dropout1d, "dropout2d": nn.Dropout2d, "dropout3d": nn.Dropout3d,
+    "alpha_dropout": nn.AlphaDropout, "feature_alpha_dropout": nn.FeatureAlphaDropout,
+    "feature_dropout": nn.Dropout2d,
 }
 ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
 BATCHNORM_FUNCTIONS = {F.batch_norm, torch.batch_norm}

@@ -1,8 +1,9 @@
 """Analyse the captured graph: dropout sites, BatchNorms, residual merges, global pools, the head.
 
-Every question is a reachability question on the data-flow graph. A residual merge is
-relative to a dropout: an add with an operand that carries data (descends from the
-model input) and does not depend on that dropout. Concatenation is not a merge.
+Every question is a reachability question on the data-flow graph, asked of the graph view
+(graph.py): a residual merge is relative to a dropout, an add with an operand that carries
+data (descends from the model input) and does not depend on that dropout. Concatenation is
+not a merge.
 """
 from __future__ import annotations
 
@@ -29,9 +30,7 @@ def _place(g: Graph, s: int) -> _Placement:
     is_merge = lambda i: g.is_merge_for(i, s)  # noqa: E731
     before_bn = g.walk([s], lambda i: _is_bn_like(g, i) or is_merge(i))
     reached = sorted(i for i in before_bn if i != s and _is_bn_like(g, i))
-    to_merge = g.walk([s], is_merge)
-    merges = sorted(i for i in to_merge if i != s and is_merge(i))
-    merge = merges[0] if merges else None
+    merge = g.first_merge_after(s)
     merge_name = g.display(merge) if merge is not None else None
 
     reaches = tuple(g.display(i) for i in reached)  # DC001 follows these, whatever the site kind
@@ -42,13 +41,13 @@ def _place(g: Graph, s: int) -> _Placement:
         return _Placement(SiteKind.HEAD_POST_GAP, "H5", reaches, merge_name,
                           "after global pooling: it masks whole channels (Prop. 5)")
     if reached:
-        if all(i in g.head_bns for i in reached) and not merges:
+        if all(i in g.head_bns for i in reached) and merge is None:
             via_weight = g.walk([s], lambda i: g.kinds[i] in (BN, WEIGHT) or is_merge(i))
             position = "H1" if any(g.kinds[i] == WEIGHT for i in via_weight if i != s) else "H2"
             return _Placement(SiteKind.HEAD_PRE_BN, position, reaches, None,
                               f"reaches the head's BatchNorm {reaches[0]} (variance shift)")
-        if merge is not None:
-            branch = Branch(g, s, merge)
+        branch = g.branch_of(s)
+        if branch is not None:
             kind = SiteKind.OTHER if branch.on_skip else SiteKind.BRANCH_PRE_BN
             return _Placement(kind, branch.position(pre_bn=True), reaches, merge_name,
                               f"reaches BatchNorm {reaches[0]} before the residual merge")
@@ -64,8 +63,9 @@ def _place(g: Graph, s: int) -> _Placement:
                           "before global pooling, after the head's last BatchNorm (Guideline 2)")
     if not g.has_bn:
         return _Placement(SiteKind.OTHER, None, (), merge_name, "the model has no BatchNorm")
-    if merge is not None:
-        return _branch_placement(g, s, merge, merge_name)
+    branch = g.branch_of(s)
+    if branch is not None:
+        return _branch_placement(g, s, branch, merge_name)
     # no merge stopped the walk, so before_bn holds everything downstream of s
     return _Placement(SiteKind.OTHER, None, (), None, "no BatchNorm downstream")
 
@@ -90,8 +90,7 @@ def _walk_back(g: Graph, s: int, stop: Callable[[int], bool]) -> set[int]:
     return seen
 
 
-def _branch_placement(g: Graph, s: int, merge: int, merge_name: str | None) -> _Placement:
-    branch = Branch(g, s, merge)
+def _branch_placement(g: Graph, s: int, branch: Branch, merge_name: str | None) -> _Placement:
     if branch.on_skip:
         return _Placement(SiteKind.OTHER, None, (), merge_name,
                           "on the skip connection: Guideline 1 puts dropout inside the residual branch")
@@ -108,13 +107,7 @@ def _enters_residual_block(g: Graph, s: int, first_bn: int) -> bool:
     """The paper's P0: s sits on the trunk where a residual block starts, so its first BatchNorm is
     in the block's branch and the block's add also gets s through the skip (a path avoiding that BN)."""
     ahead = g.walk([first_bn], lambda i: g.kinds[i] in (ADD, CONCAT))
-    for i in ahead:
-        if g.kinds[i] != ADD:
-            continue
-        operands = [j for j in g.inputs[i] if g.data[j]]
-        if len(operands) >= 2 and any(g.depends(j, s, avoid=first_bn) for j in operands):
-            return True
-    return False
+    return any(g.is_merge(i) and any(g.depends(j, s, avoid=first_bn) for j in g.data_operands(i)) for i in ahead)
 
 
 def _is_bn_like(g: Graph, i: int) -> bool:
@@ -240,17 +233,17 @@ def _opaque_sites(g: Graph, i: int, region: OpaqueRegion, ids: _IdMaker, capture
 
 
 def _stochastic_site(g: Graph, i: int, n: FlowNode, ids: _IdMaker) -> StochasticDepthSite:
-    to_merge = g.walk([i], lambda j: g.is_merge_for(j, i))
-    merges = sorted(j for j in to_merge if j != i and g.is_merge_for(j, i))
+    merge = g.first_merge_after(i)
+    merge_name = g.display(merge) if merge is not None else None
     if n.op == "call_module":
         qual = str(n.target)
         return StochasticDepthSite(id=ids.module(qual), module=qual, op=type(n.module).__name__,
-                                   p=ops.module_p(n.module), merge=g.display(merges[0]) if merges else None,
+                                   p=ops.module_p(n.module), merge=merge_name,
                                    source=n.source or g.capture.declared.get(qual))
     fn = getattr(n.target, "__name__", str(n.target))
     p, _ = ops.function_p_and_training(n.target, n.args, n.kwargs)
     return StochasticDepthSite(id=ids.functional(n.owner, fn)[0], module=n.owner, op=fn, p=p,
-                               merge=g.display(merges[0]) if merges else None, source=n.source)
+                               merge=merge_name, source=n.source)
 
 
 def _unused_sites(g: Graph, capture: Capture, sites: list[Site]) -> list[Site]:

@@ -1,27 +1,24 @@
 """Write a fixed model: a directory of readable code + weights + change list, or one .pt file.
 
-Writes are atomic (a temporary sibling, renamed into place), an existing OUT is replaced only
-with --force, and what was written is loaded back and checked against the fixed model before
-it takes OUT's place.
+Writes are atomic (atomic.py: a temporary sibling, renamed into place), an existing OUT is
+replaced only with --force, and what was written is loaded back and checked against the fixed
+model before it takes OUT's place.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import fx, nn
 
 from ..version import __version__
-from ..atomic import umask
+from ..atomic import write_dir_with, write_with
 from ..config import check_output
-from .fixed import import_lines
 from ..records import DropcheckError, FixResult
+from .fixed import import_lines
 from .verify import eval_mode, same_outputs
 
 _STANDARD = "torch.nn."
@@ -29,44 +26,33 @@ _STANDARD = "torch.nn."
 
 def write_output(result: FixResult, out: Path, force: bool) -> list[Path]:
     """A directory (module.py, state_dict.pt, changes.json), or one pickled model if OUT ends in .pt."""
-    check_output(out, force)
-    parent = out.resolve().parent
-    try:
-        if out.suffix == ".pt":
-            return [_write_pt(result, out, parent)]
-        return _write_folder(result, out, parent)
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {out}: {exc.strerror or exc}", "check the path") from exc
+    check_output(out, force)  # the writers of atomic.py turn any later OSError into a DropcheckError
+    if out.suffix == ".pt":
+        return [_write_pt(result, out)]
+    return _write_folder(result, out)
 
 
 # --- .pt -----------------------------------------------------------------------------------------
 
-def _write_pt(result: FixResult, out: Path, parent: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".dropcheck-", suffix=".pt")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())
-    try:
-        torch.save(result.model, tmp)
-        _check_same(result, torch.load(tmp, weights_only=False), "the .pt file")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _write_pt(result: FixResult, out: Path) -> Path:
+    def write(temp: str) -> None:
+        torch.save(result.model, temp)
+        _check_same(result, torch.load(temp, weights_only=False), "the .pt file")
+
+    write_with(out, write)
     return out
 
 
 # --- directory -----------------------------------------------------------------------------------
 
-def _write_folder(result: FixResult, out: Path, parent: Path) -> list[Path]:
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".dropcheck-"))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; OUT should look like any other folder
-    try:
-        names = _write_files(result, tmp)
-        _check_same(result, _import_folder(tmp), "the written module.py")
-        _swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+def _write_folder(result: FixResult, out: Path) -> list[Path]:
+    names: list[str] = []
+
+    def fill(folder: Path) -> None:
+        names.extend(_write_files(result, folder))
+        _check_same(result, _import_folder(folder), "the written module.py")
+
+    write_dir_with(out, fill)
     return [out / n for n in names]
 
 
@@ -86,24 +72,6 @@ def _write_files(result: FixResult, folder: Path) -> list[str]:
                + [f"modules/{q}.pt" for q in pickled]}
     (folder / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
     return changes["files"]
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    backup = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=".dropcheck-old-"))
-    backup.rmdir()
-    os.rename(out, backup)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(backup, out)  # put the user's OUT back
-        raise
-    if backup.is_dir():
-        shutil.rmtree(backup)
-    else:
-        backup.unlink()
 
 
 def _extra_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

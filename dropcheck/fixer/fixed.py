@@ -98,7 +98,7 @@ class FixedModel(nn.Module):
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("_forward_train", "_forward_eval", "globals", "train_graph", "eval_graph")}
         state["imports"] = "\n".join(import_lines(self.globals))
-        return _rebuild, (self.forward_src, state)
+        return rebuild, (self.forward_src, state)
 
 
 def forward_source(graph: fx.Graph) -> str:
@@ -132,7 +132,8 @@ def _fixed_class(name: str, source: str) -> type[FixedModel]:
     return type(f"Fixed{name}", (FixedModel,), {"forward": namespace["forward"], "__module__": __name__})
 
 
-def _rebuild(source: str, state: dict[str, Any]) -> FixedModel:
+def rebuild(source: str, state: dict[str, Any]) -> FixedModel:
+    """The model a pickled FixedModel was (its `__reduce_ex__`): class, compiled bodies and state."""
     cls = _fixed_class(state.get("fixed_from", "Model"), source)
     model = cls.__new__(cls)
     model.__dict__.update(state)

@@ -15,7 +15,8 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
     from ..analysis.check import repeated_in_branch
     from ..analysis.sites import find_sites
     from .fixed import graph_source
-    from .rewrite import build_fixed, plan_fix
+    from .plan import plan_fix
+    from .rewrite import build_fixed
     from .verify import verify_fix
 
     capture = capture_graph(target)

@@ -10,7 +10,8 @@ Spec forms (the `--data` flag):
 `Target.example_input.shape`; the batch dimension is replaced by `batch_size`. The same spec,
 shape, batch size, count, seed and device always give the same batches, so measure can run
 one set of batches twice (dropout off, then on). scikit-learn and PIL are imported only for the
-specs that need them.
+specs that need them. The argument checks, the seeded generator and the digits tensors are
+public: train-compare's data (training/data.py) uses them too.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def batches(spec: str, batch_size: int, count: int, input_shape: tuple[int, ...]
     shape and labels are checked here, before the first batch is asked for.
     """
     kind, arg = _parse(spec)
-    batch_size, count = _positive("--batch-size", batch_size), _positive("--batches", count)
-    shape = _check_shape(input_shape)
+    batch_size, count = check_positive("--batch-size", batch_size), check_positive("--batches", count)
+    shape = check_shape(input_shape)
     device = torch.device(device)
     if labels and kind == "normal":
         raise DropcheckError("usage", "--data normal has no labels",
@@ -46,7 +47,7 @@ def batches(spec: str, batch_size: int, count: int, input_shape: tuple[int, ...]
     if kind == "normal":
         return _normal(batch_size, count, shape, device, seed)
     if kind == "digits":
-        images, targets = _digits_tensors()
+        images, targets = digits_tensors()
         place = _image_placer(shape, "digits")
         return _indexed(len(targets), batch_size, count, seed, labels, device,
                         lambda idx: (place(images[idx].to(device)), targets[idx]))
@@ -86,13 +87,15 @@ def _parse(spec: str) -> tuple[str, str]:
     raise DropcheckError("usage", f"unknown --data '{spec}'", f"use {SPEC_FORMS}")
 
 
-def _positive(flag: str, value: int) -> int:
+def check_positive(flag: str, value: int) -> int:
+    """`value` if it is a positive whole number; else a usage error naming `flag`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DropcheckError("usage", f"{flag} {value!r} is not a positive whole number", f"e.g. {flag} 8")
     return value
 
 
-def _check_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+def check_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`input_shape` as ints, if it has a batch dimension and positive sizes; else a usage error."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise DropcheckError("usage", f"input shape {shape} needs a batch dimension and positive sizes",
@@ -119,7 +122,8 @@ def _image_placer(shape: tuple[int, ...], what: str) -> Callable[[torch.Tensor],
 
 # --- the sources ---------------------------------------------------------------------------------
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator seeded with `seed`, on `device` itself where that is a GPU (fast, deterministic per device)."""
     gen = torch.Generator(device=device) if device.type in ("cuda", "mps") else torch.Generator()
     gen.manual_seed(int(seed))
     return gen
@@ -127,7 +131,7 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 def _normal(batch_size: int, count: int, shape: tuple[int, ...], device: torch.device,
             seed: int) -> Iterator[torch.Tensor]:
-    gen = _generator(seed, device)  # on the device itself: fast, and deterministic per device
+    gen = seeded_generator(seed, device)  # on the device itself: fast, and deterministic per device
     gen_device = device if device.type in ("cuda", "mps") else torch.device("cpu")
     for _ in range(count):
         yield torch.randn((batch_size, *shape[1:]), generator=gen, device=gen_device).to(device)
@@ -135,7 +139,7 @@ def _normal(batch_size: int, count: int, shape: tuple[int, ...], device: torch.d
 
 def _index_stream(n: int, seed: int) -> Iterator[int]:
     """Indices of successive seeded permutations of range(n): every item once per epoch."""
-    gen = _generator(seed, torch.device("cpu"))
+    gen = seeded_generator(seed, torch.device("cpu"))
     while True:
         yield from torch.randperm(n, generator=gen).tolist()
 
@@ -150,7 +154,8 @@ def _indexed(n: int, batch_size: int, count: int, seed: int, labels: bool, devic
 
 
 @lru_cache(maxsize=1)
-def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as normalised (N, 1, 8, 8) images and their labels (loaded once)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:

@@ -19,7 +19,6 @@ from torch import fx, nn
 from ..analysis import ops
 from ..analysis.graph import ADD, BN, DROPOUT, Graph
 from ..records import Analysis, Capture, Measurement
-from ..fixer.rewrite import _MODULE_FOR_FUNCTION
 from .stats import ChannelStats
 
 
@@ -79,10 +78,9 @@ def _instrumented(capture: Capture, g: Graph, copy_model: bool) -> tuple[fx.Grap
         n = nodes[name]
         if kind == DROPOUT and n.op == "call_function" and ops.is_dropout_function(n.target):
             p, training = ops.function_p_and_training(n.target, n.args, n.kwargs)
-            module_cls = _MODULE_FOR_FUNCTION.get(getattr(n.target, "__name__", ""), nn.Dropout)
+            module_cls = ops.MODULE_FOR_DROPOUT_FUNCTION.get(getattr(n.target, "__name__", ""), nn.Dropout)
             _swap_for_module(graph, n, root, f"_dropcheck_drop_{i}", module_cls(p) if training else nn.Identity())
-        elif kind == ADD and len([j for j in g.inputs[i] if g.data[j]]) >= 2 or \
-                kind == BN and n.op == "call_function":
+        elif g.is_merge(i) or kind == BN and n.op == "call_function":
             tap = f"_dropcheck_tap_{i}"
             root.add_module(tap, _Tap())
             anchor = n if kind == ADD else n.args[0]

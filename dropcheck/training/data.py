@@ -29,7 +29,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..measurement.data import IMAGENET_MEAN, IMAGENET_STD, _check_shape, _digits_tensors, _generator, _positive
+from ..measurement.data import (IMAGENET_MEAN, IMAGENET_STD, check_positive, check_shape, digits_tensors,
+                                seeded_generator)
 from ..records import DropcheckError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:PATH", "fake")
@@ -73,7 +74,7 @@ def load_train_data(spec: str, input_shape: tuple[int, ...], data_dir: str | Non
                     download: bool = False) -> TrainData:
     """The data set named by `--dataset`, fitted to a model taking `input_shape` (batch dim first)."""
     text = (spec or "").strip()
-    shape = _check_shape(input_shape)
+    shape = check_shape(input_shape)
     if text == "fake":
         return _fake(shape)
     if text == "digits":
@@ -89,7 +90,7 @@ def load_train_data(spec: str, input_shape: tuple[int, ...], data_dir: str | Non
 def steps_per_epoch(data: TrainData, batch_size: int) -> int:
     """Full global batches per epoch (the last incomplete one is dropped)."""
     n = len(data.train_y)
-    if _positive("--batch-size", batch_size) > n:
+    if check_positive("--batch-size", batch_size) > n:
         raise DropcheckError("usage", f"--batch-size {batch_size} is larger than the {n}-image train set of "
                              f"{data.name}", f"use --batch-size {n} or less")
     return n // batch_size
@@ -115,7 +116,7 @@ def test_batches(data: TrainData, batch_size: int, rank: int = 0,
     serves its part in batches of at most `batch_size` (per process: evaluation has no batch
     statistics), so summed counts over ranks cover every test image exactly once.
     """
-    _positive("--batch-size", batch_size)
+    check_positive("--batch-size", batch_size)
     _check_rank(rank, world)
     part = torch.arange(len(data.test_y), device=data.device).tensor_split(world)[rank]
     return ((data.test_x[idx], data.test_y[idx]) for idx in part.split(batch_size))
@@ -151,7 +152,7 @@ def _pad(shape: tuple[int, ...]) -> int:
 # --- epochs ------------------------------------------------------------------------------------------
 
 def _check_rank(rank: int, world: int) -> None:
-    if not 0 <= rank < _positive("--nproc-per-node", world):
+    if not 0 <= rank < check_positive("--nproc-per-node", world):
         raise DropcheckError("usage", f"rank {rank} is outside a world of {world} processes",
                              "launch with torchrun, which sets RANK and WORLD_SIZE")
 
@@ -173,10 +174,11 @@ def _seed(seed: int, epoch: int, stream: str) -> int:
 def _epoch(data: TrainData, steps: int, batch_size: int, share: int, offset: int, seed: int,
            epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     n, device = len(data.train_y), data.device
-    order = torch.randperm(n, generator=_generator(_seed(seed, epoch, "order"), torch.device("cpu"))).to(device)
+    order_gen = seeded_generator(_seed(seed, epoch, "order"), torch.device("cpu"))
+    order = torch.randperm(n, generator=order_gen).to(device)
     pad = _pad(data.train_x.shape) if data.augment != "none" else 0
     if pad:  # one draw per epoch position, so a rank's share of a batch is a slice of the draws
-        gen = _generator(_seed(seed, epoch, "augment"), device)
+        gen = seeded_generator(_seed(seed, epoch, "augment"), device)
         on = device if device.type in ("cuda", "mps") else torch.device("cpu")
         dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=on).to(device) for _ in range(2))
         flip = (torch.rand(n, generator=gen, device=on).to(device) < 0.5) & (data.augment == "crop+flip")
@@ -253,7 +255,7 @@ def _split_normalised(x: torch.Tensor, y: torch.Tensor, n_test: int) -> tuple[tu
 
 
 def _digits(shape: tuple[int, ...]) -> TrainData:
-    images, y = _digits_tensors()
+    images, y = digits_tensors()
     if shape[1:] != (64,):
         _check_images("digits", shape, len(y), rgb=False)
     x = images.flatten(1) if shape[1:] == (64,) else _fit(images, shape, (0.0,), (1.0,))

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun: who we are, and the few collectives train.py needs.
+"""Data-parallel training under torchrun: who we are, and the few collectives the training loop needs.
 
 `torchrun --nproc-per-node N -m dropcheck train-compare ...` sets RANK, WORLD_SIZE, LOCAL_RANK and
 MASTER_ADDR/PORT; every process runs the same command, trains its share of each global batch

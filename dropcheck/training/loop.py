@@ -2,7 +2,7 @@
 
 Paired design (design §7): for one seed, every variant starts from the same initial weights
 (`initial_state(seed)`, loaded into each variant: they share state_dict keys), sees the same
-batches in the same order with the same augmentation (train_data draws both from the seed), and
+batches in the same order with the same augmentation (training.data draws both from the seed), and
 uses the same recipe. Each run records hashes of its initial weights and of its batch order, so
 the pairing is checked, not assumed. Dropout masks come from the global RNG, seeded per run.
 

@@ -2,15 +2,15 @@
 
 A sweep variant is the no-dropout model plus one nn.Dropout at one paper position, in every residual
 branch (P0-P7) or in the head (H3-H6). Positions are defined on each branch's chain (the merge operand
-back to the fork, along main inputs; rewrite.branch_chain), so they reach any ResNet-like model:
+back to the fork, along main inputs; Graph.branch_chain), so they reach any ResNet-like model:
 
     P0 on the block input, before the split (branch and skip both see it)
     P1 into the branch's first BN           P2 right after it
     P3 before the first weight layer after the first BN (and its activation)
     P4 into the branch's last BN            P5 right after it
-    P6 Guideline 1's place (rewrite.branch_point)
+    P6 Guideline 1's place (plan.branch_point)
     P7 right after the branch's last weight layer
-    H3 after the head's last BN             H4 Guideline 2's place (rewrite.head_point)
+    H3 after the head's last BN             H4 Guideline 2's place (plan.head_point)
     H5 right after the global pool          H6 on the model's output
 
 Each variant is re-audited, and its `positions` say what the audit makes of it: a block that does not
@@ -31,10 +31,11 @@ from torch import nn
 from ..analysis import ops
 from ..analysis.capture import capture_graph
 from ..analysis.graph import BN, WEIGHT, Graph
-from ..fixer.pipeline import fix_loaded
-from ..records import Analysis, Capture, DropcheckError, Target
-from ..fixer.rewrite import Plan, Point, branch_chain, branch_point, build_fixed, head_point, residual_merges
 from ..analysis.sites import find_sites
+from ..fixer.pipeline import fix_loaded
+from ..fixer.plan import Plan, Point, branch_point, head_point
+from ..fixer.rewrite import build_fixed
+from ..records import Analysis, Capture, DropcheckError, Target
 
 SWEEP_POSITIONS = ("P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "H3", "H4", "H5", "H6")
 BASE_VARIANTS = ("original", "fixed", "none")
@@ -228,8 +229,8 @@ def _sweep_points(capture: Capture, name: str, model: str) -> list[Point]:
             raise DropcheckError("usage", f"{name}: no place for it in the head of {model}", "sweep other positions")
         return points
     branches = []
-    for merge in residual_merges(g):
-        chain = branch_chain(g, merge) if "::" not in g.names[merge] else None
+    for merge in g.merges:
+        chain = g.branch_chain(merge) if "::" not in g.names[merge] else None
         if chain and any(g.kinds[i] == WEIGHT for i in chain):
             branches.append((merge, chain[::-1]))  # fork side first
     if not branches:
