@@ -45,7 +45,9 @@ def reproduce_command(
             with reproduce_progress(err, stage.total_steps(figure, setup)) as step:
                 result = stage.reproduce_figure(figure, setup, progress=step)
             if plot is not None:
-                stage.plot_reproduction(result, plot)
+                from ..output.figures import plot_reproduction
+
+                plot_reproduction(result, plot)
         except DropcheckError as exc:
             fail(err, exc)
     render_reproduction(result, fmt, Console(), plot)

@@ -10,12 +10,10 @@ the dropout differs between the test and the train pass over the same inputs.
 """
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -301,72 +299,3 @@ def closed_prop5(keep: float, positions: int) -> dict[str, float]:
     return {"gap": RELU_VAR / positions,
             "h4": (RELU_VAR / keep + drop_term * RELU_MEAN ** 2) / positions,  # eq. (6), then the mean of S
             "h5": RELU_VAR / positions / keep + drop_term * RELU_MEAN ** 2}  # eq. (6) on GAP(x)
-
-
-# --- the figures ---------------------------------------------------------------------------------
-
-def require_matplotlib() -> None:
-    """Fail early, before a long run, when --plot cannot be honoured."""
-    try:
-        importlib.import_module("matplotlib")
-    except ImportError as exc:
-        raise DropcheckError("dependency", "--plot needs matplotlib, which is not installed",
-                             "pip install dropcheck[plot]") from exc
-
-
-def plot_reproduction(result: Reproduction, path: Path) -> None:
-    """Draw `result` as the paper's figure into a PNG at `path`."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed, and none is touched
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    try:
-        {"fig1": _plot_fig1, "fig3": _plot_fig3, "prop5": _plot_prop5}[result.figure](result, ax)
-        ax.set_title(result.title, fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=120)
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {path}: {exc.strerror}", "check the path and permissions") from exc
-    finally:
-        plt.close(fig)
-
-
-def _lines(ax: Any, rows: Sequence[dict[str, Any]], group: str, x: str, y: str, label: str, style: str) -> None:
-    # one colour per group value, so the solid and dashed lines of one setting match
-    for index, value in enumerate(dict.fromkeys(row[group] for row in rows)):
-        part = [row for row in rows if row[group] == value]
-        ax.plot([row[x] for row in part], [row[y] for row in part], style, color=f"C{index}", marker="o",
-                markersize=3, label=label.format(value))
-
-
-def _plot_fig1(result: Reproduction, ax: Any) -> None:
-    _lines(ax, result.rows, "mean_w", "width", "delta_post", "Post, E[W]={:g}", "-")
-    _lines(ax, result.rows, "mean_w", "width", "delta_pre", "Pre, E[W]={:g}", "--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("width n")
-    ax.set_ylabel("Δ = Var_test / Var_train")
-
-
-def _plot_fig3(result: Reproduction, ax: Any) -> None:
-    _lines(ax, result.rows, "keep", "var_x0", "delta_res", "residual, p={:g}", "-")
-    _lines(ax, result.rows, "keep", "var_x0", "delta_f", "non-residual, p={:g}", "--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("Var[x0]")
-    ax.set_ylabel("Δ = Var_test / Var_train")
-
-
-def _plot_prop5(result: Reproduction, ax: Any) -> None:
-    labels = [f"{row['size']}\np={row['keep']:g}" for row in result.rows]
-    places = range(len(labels))
-    ax.bar([i - 0.2 for i in places], [row["var_h4"] for row in result.rows], 0.4, label="GAP(Dropout(x)) H4")
-    ax.bar([i + 0.2 for i in places], [row["var_h5"] for row in result.rows], 0.4, label="Dropout(GAP(x)) H5")
-    for offset, key in ((-0.2, "closed_h4"), (0.2, "closed_h5")):
-        ax.scatter([i + offset for i in places], [row[key] for row in result.rows], marker="_", s=300, color="k",
-                   label="closed form" if key == "closed_h4" else None)
-    ax.set_xticks(list(places), labels, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("variance (train phase)")
