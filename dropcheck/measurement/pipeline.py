@@ -29,8 +29,13 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
     def stream() -> Any:
         return data_batches(data, batch_size, batches, (batch_size, *shape), run_on, seed)
 
-    report.measurements = measure_model(capture, analysis, stream, run_on, calibrate=not pretrained,
-                                        progress=progress, copy_model=target.origin == "api")
+    import torch
+
+    # the dropout masks are drawn from `seed` too, so one seed gives one answer; the caller's RNG is restored
+    with torch.random.fork_rng(devices=[run_on] if run_on.type == "cuda" else []):
+        torch.manual_seed(seed)
+        report.measurements = measure_model(capture, analysis, stream, run_on, calibrate=not pretrained,
+                                            progress=progress, copy_model=target.origin == "api")
     report.measure_settings = {"batches": batches, "batch_size": batch_size, "data": describe(data),
                                "device": str(run_on), "calibrated": not pretrained, "seed": seed}
     report.seconds = time.perf_counter() - started
@@ -40,11 +45,9 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
 def measure_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
                    checkpoint: str | None = None, trust_pickle: bool = False, **options: Any) -> Report:
     """Load with real weights (and a checkpoint), then audit and measure; errors become an error Report."""
-    from ..analysis.load import load_target
-
     started = time.perf_counter()
     try:
-        target = load_target(spec, model_args, input_shape, weights=True)
+        target = _seeded_build(spec, model_args, input_shape, options.get("seed", 0))
         if checkpoint:
             from .checkpoint import load_checkpoint
 
@@ -57,6 +60,18 @@ def measure_target(spec: str, model_args: dict[str, Any] | None = None, input_sh
         report = Report(target=spec, status="error", error=internal_error(spec, exc))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _seeded_build(spec: str, model_args: dict[str, Any] | None, input_shape: tuple[int, ...] | None,
+                  seed: int) -> Target:
+    """The model's own initialisation drawn from `seed`: without a checkpoint, Δ depends on it."""
+    import torch
+
+    from ..analysis.load import load_target
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return load_target(spec, model_args, input_shape, weights=True)
 
 
 def measure(model: Any, example_input: Any, **options: Any) -> Report:
