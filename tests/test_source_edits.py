@@ -82,6 +82,14 @@ def test_the_same_dropout_called_twice_needs_an_occurrence() -> None:
     assert patch.patched == PREACT_BLOCK.replace("        out = self.drop(out)\n", "")
 
 
+def test_a_line_number_picks_the_call_as_an_fx_stack_trace_would() -> None:
+    patch = applied(PREACT_BLOCK, RemoveDropout(CallSite("PreActBlock", "self.drop", line=24)))
+    assert patch.patched == PREACT_BLOCK.replace("self.conv2(self.drop(F.relu(self.bn2(out))))",
+                                                 "self.conv2(F.relu(self.bn2(out)))")
+    assert refusal(PREACT_BLOCK, RemoveDropout(CallSite("PreActBlock", "self.drop", line=23))) == (
+        "no call to self.drop in PreActBlock.forward at line 23")
+
+
 def test_removing_a_guarded_functional_dropout_removes_its_if() -> None:
     patch = applied(WIDE_BLOCK, RemoveDropout(CallSite("WideBasic", "torch.nn.functional.dropout")))
     assert patch.patched == WIDE_BLOCK.replace('''        if self.droprate > 0:

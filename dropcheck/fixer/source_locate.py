@@ -47,10 +47,13 @@ class SourceIndex:
 
     # -- tree navigation -------------------------------------------------------------------------
 
-    def line(self, node: cst.CSTNode) -> int:
+    def span(self, node: cst.CSTNode) -> CodeRange:
         if self._positions is None:
             self._positions = self._wrapper.resolve(PositionProvider)
-        return self._positions[node].start.line
+        return self._positions[node]
+
+    def line(self, node: cst.CSTNode) -> int:
+        return self.span(node).start.line
 
     def parent(self, node: cst.CSTNode) -> cst.CSTNode:
         return self._parents[node]
@@ -113,17 +116,24 @@ class SourceIndex:
     def find_call(self, site: CallSite) -> cst.Call:
         """The one call the site names; refused when it is missing or ambiguous."""
         _, calls = self.matching_calls(site)
+        where = f"{site.cls}.{site.method}"
+        if site.line is not None:
+            calls = [c for c in calls if self._spans(c, site.line)]
+            where += f" at line {site.line}"
         if not calls:
-            raise CannotEdit(f"no call to {site.callee} in {site.cls}.{site.method}")
+            raise CannotEdit(f"no call to {site.callee} in {where}")
         if site.occurrence is None:
             if len(calls) > 1:
-                raise CannotEdit(f"{site.callee} is called {len(calls)} times in {site.cls}.{site.method} "
+                raise CannotEdit(f"{site.callee} is called {len(calls)} times in {where} "
                                  f"(lines {self._lines(calls)}); say which occurrence")
             return calls[0]
         if not 0 <= site.occurrence < len(calls):
-            raise CannotEdit(f"{site.callee} is called {len(calls)} times in {site.cls}.{site.method}; "
+            raise CannotEdit(f"{site.callee} is called {len(calls)} times in {where}; "
                              f"there is no occurrence {site.occurrence}")
         return calls[site.occurrence]
+
+    def _spans(self, node: cst.CSTNode, line: int) -> bool:
+        return self.span(node).start.line <= line <= self.span(node).end.line
 
     def _names(self, call: cst.Call, callee: str, self_name: str) -> bool:
         if callee.startswith("."):  # a tensor method, x.mean(...): not a module function, not self's

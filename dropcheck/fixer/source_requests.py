@@ -22,17 +22,21 @@ class CallSite:
     `torch.nn.functional.dropout` (matched whatever the file imports it as: `F.dropout`,
     `nn.functional.dropout`, ...) or its name as written (`F.dropout`), or `.mean` (a tensor
     method, `x.mean(...)`).
-    `occurrence` counts matching calls in source order from 0; None asks for the only one.
+    `line` keeps the calls whose text spans that line (what an fx node's stack trace says);
+    `occurrence` then counts the remaining matches in source order from 0; with neither, the
+    callee must be called exactly once in the method.
     """
 
     cls: str
     callee: str
     method: str = "forward"
     occurrence: int | None = None
+    line: int | None = None
 
     def __str__(self) -> str:
-        which = "" if self.occurrence is None else f" (occurrence {self.occurrence})"
-        return f"{self.callee}(...) in {self.cls}.{self.method}{which}"
+        which = [f"line {self.line}"] if self.line is not None else []
+        which += [f"occurrence {self.occurrence}"] if self.occurrence is not None else []
+        return f"{self.callee}(...) in {self.cls}.{self.method}" + (f" ({', '.join(which)})" if which else "")
 
 
 @dataclass(frozen=True)
