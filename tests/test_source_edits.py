@@ -195,6 +195,38 @@ def test_a_guarded_dropout_moves_with_its_guard() -> None:
     assert changed_lines(patch) == (1, 1)  # difflib shows it as the relu2 line moving up
 
 
+def test_a_guarded_dropout_that_needs_a_line_of_its_own_is_refused_where_there_is_none() -> None:
+    source = '''class M(nn.Module):
+    def forward(self, x):
+        out = self.conv1(x)
+        if self.p > 0:
+            out = F.dropout(out, p=self.p, training=self.training)
+        return self.conv2(F.relu(self.bn(out)))
+'''
+    reason = refusal(source, MoveDropout(CallSite("M", "F.dropout"), to=CallSite("M", "self.conv2")))
+    assert reason == ("the dropout (it runs under `if self.p > 0`) needs a line of its own before "
+                      "self.conv2(...) in M.forward (line 6), but its input is an expression, not a variable")
+
+
+def test_a_channelwise_functional_dropout_moved_before_the_pool_becomes_elementwise() -> None:
+    source = '''import torch.nn.functional as F
+
+
+class Head(nn.Module):
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(x, 1)
+        x = F.dropout2d(x, 0.2, self.training)
+        return self.fc(x.flatten(1))
+'''
+    patch = applied(source, MoveDropout(CallSite("Head", "F.dropout2d"), to=CallSite("Head", "F.adaptive_avg_pool2d"),
+                                        elementwise=True))
+    assert patch.patched == source.replace('''        x = F.adaptive_avg_pool2d(x, 1)
+        x = F.dropout2d(x, 0.2, self.training)
+''', '''        x = F.dropout(x, 0.2, self.training)
+        x = F.adaptive_avg_pool2d(x, 1)
+''')
+
+
 def test_a_moved_statement_wraps_the_input_when_it_is_an_expression() -> None:
     source = PREACT_BLOCK.replace("self.conv2(self.drop(F.relu(self.bn2(out))))", "self.conv2(F.relu(self.bn2(out)))")
     patch = applied(source, MoveDropout(CallSite("PreActBlock", "self.drop"), to=CallSite("PreActBlock", "self.conv2")))
@@ -247,7 +279,7 @@ def test_a_new_statement_that_would_reach_later_uses_is_refused_and_auto_wraps()
         return y + out
 '''
     reason = refusal(source, ApplyDropout(CallSite("M", "self.conv2"), style="statement"))
-    assert "line 3 does not assign out" in reason
+    assert "(line 3), but its statement does not assign out" in reason
     assert applied(source, ApplyDropout(CallSite("M", "self.conv2"))).patched == source.replace(
         "self.conv2(out)", "self.conv2(self.drop(out))")
 

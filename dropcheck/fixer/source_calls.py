@@ -22,6 +22,8 @@ FUNCTIONAL_DROPOUTS = {
                                                          "alpha_dropout", "feature_alpha_dropout")},
     **{f"torch.{n}": "train" for n in ("dropout", "alpha_dropout", "feature_dropout", "feature_alpha_dropout")},
 }
+_ELEMENTWISE_FUNCTIONS = {"dropout1d": "dropout", "dropout2d": "dropout", "dropout3d": "dropout",
+                          "feature_dropout": "dropout", "feature_alpha_dropout": "alpha_dropout"}
 # Expressions that never need parentheses, wherever they stand.
 _ATOMS = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float, cst.Imaginary,
           cst.SimpleString, cst.ConcatenatedString, cst.FormattedString, cst.List, cst.Dict, cst.Set,
@@ -77,14 +79,19 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     guard = sole_guard(index, found[1], self_name) if was_statement else None
     # the dropout must run under the same loops and conditions after the move (its guard moves with it)
     around_source = index.enclosing_blocks(guard or call, method)
-    around_target = index.enclosing_blocks(index.find_call(to), method)
+    target = index.find_call(to)
+    around_target = index.enclosing_blocks(target, method)
     if len(around_source) != len(around_target) or any(a is not b for a, b in zip(around_source, around_target)):
         raise CannotEdit(f"{source} (line {index.line(call)}) and {to} sit under different `if`/`for`/`with` "
                          "blocks, so moving it would change when it runs; move it by hand")
     template = _template_of(index, call, _is_module_call(source))
+    if request.elementwise:
+        template = _elementwise(index, call, template)
     removed = SourceIndex(_without_call(index, call, self_name, _is_module_call(source)))
+    if request.side == "before" and not to.callee.startswith("."):
+        _input_argument(index, target, to)  # refused here, with the lines the user sees
     return _apply_at(removed, to, template, request.side, request.style, prefer_statement=was_statement,
-                     guard=guard)
+                     guard=guard, line=index.line(target))
 
 
 def gate_on_training(index: SourceIndex, request: GateOnTraining) -> cst.Module:
@@ -163,7 +170,9 @@ def _only_dropout(small: cst.BaseSmallStatement, call: cst.Call) -> bool:
 
 
 def _apply_at(index: SourceIndex, site: CallSite, template: DropoutTemplate, side: Side, style: Style,
-              prefer_statement: bool, guard: cst.If | None = None) -> cst.Module:
+              prefer_statement: bool, guard: cst.If | None = None, line: int | None = None) -> cst.Module:
+    """`line`: where the call is in the text the user has (a move reads a module with the dropout
+    already taken out, whose lines may have shifted)."""
     call = index.find_call(site)
     slot = _statement_slot(index, call, site, side)
     statement = style == "statement" or guard is not None or (style == "auto" and prefer_statement
@@ -171,7 +180,8 @@ def _apply_at(index: SourceIndex, site: CallSite, template: DropoutTemplate, sid
     if statement:
         if isinstance(slot, str):
             why = f" (it runs under `if {index.code(guard.test)}`)" if guard is not None else ""
-            raise CannotEdit(f"the dropout{why} needs a line of its own {side} {site}, but {slot}")
+            raise CannotEdit(f"the dropout{why} needs a line of its own {side} {site} "
+                             f"(line {line or index.line(call)}), but {slot}")
         anchor, name = slot
         new: cst.BaseStatement = assignment_line(name, template.call_on(cst.Name(name)))
         if guard is not None:  # the guard comes along, around the new line
@@ -196,23 +206,23 @@ def _statement_slot(index: SourceIndex, call: cst.Call, site: CallSite,
         return "the call is in the header of a compound statement"
     small, line = found
     if not isinstance(line, cst.SimpleStatementLine) or len(line.body) != 1:
-        return f"line {index.line(call)} holds more than one statement"
+        return "its line holds more than one statement"
     if any(isinstance(n, _CONDITIONAL_CONTEXTS) for n in index.between(call, small)):
         return "the call sits in a lambda, comprehension or conditional expression"
     single_target = _name_of(small.targets[0].target) if isinstance(small, cst.Assign) and len(
         small.targets) == 1 else None
     if side == "after":
         if single_target is None or small.value is not call:
-            return f"line {index.line(call)} does not assign the call's result, alone, to a variable"
+            return "its statement does not assign the call's result, alone, to a variable"
         return line, single_target
     value = call.func.value if site.callee.startswith(".") else _input_argument(index, call, site).value
     name = _name_of(value)
     if name is None:
-        return f"its input at line {index.line(call)} is an expression, not a variable"
+        return "its input is an expression, not a variable"
     if not isinstance(small, cst.Return) and single_target != name:
-        return f"line {index.line(call)} does not assign {name} (a new `{name} = ...` line would reach later uses)"
+        return f"its statement does not assign {name} (a new `{name} = ...` line would reach later uses)"
     if sum(n.value == name for n in free_names(small.value)) != 1:
-        return f"line {index.line(call)} reads {name} more than once"
+        return f"its statement reads {name} more than once"
     return line, name
 
 
@@ -249,6 +259,16 @@ def _template_of(index: SourceIndex, call: cst.Call, module_call: bool) -> Dropo
     others = [index.code(a.with_changes(comma=cst.MaybeSentinel.DEFAULT)).strip()
               for a in call.args if a.value is not value]
     return DropoutTemplate(index.code(call.func), ", ".join(others))
+
+
+def _elementwise(index: SourceIndex, call: cst.Call, template: DropoutTemplate) -> DropoutTemplate:
+    """The template calling the element-wise sibling of a channel-wise functional dropout."""
+    if not isinstance(call.func, cst.Attribute) or not index.imported_names(call) & FUNCTIONAL_DROPOUTS.keys():
+        raise CannotEdit(f"`{template.callee}` is not a functional dropout written as `module.function`; "
+                         "a dropout module becomes element-wise where it is declared (MakeElementwise)")
+    name = call.func.attr.value
+    elementwise = _ELEMENTWISE_FUNCTIONS.get(name, name)
+    return DropoutTemplate(template.callee[: -len(name)] + elementwise, template.arguments)
 
 
 def _name_of(node: cst.CSTNode) -> str | None:

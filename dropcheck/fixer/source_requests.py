@@ -68,12 +68,15 @@ class ApplyDropout:
 class MoveDropout:
     """Remove the dropout call at `call` and apply the same call (same callee and arguments) at `to`,
     both or neither. "auto" keeps the form it had: a statement stays a statement where that is safe.
-    A dropout guarded by `if self.<flag>...:` moves with its guard."""
+    A dropout guarded by `if self.<flag>...:` moves with its guard. `elementwise` turns a channel-wise
+    functional dropout (`F.dropout2d`) into `F.dropout` on the way (Guideline 2, before the pool);
+    a dropout module changes where it is declared, so pair its move with MakeElementwise in AllOf."""
 
     call: CallSite
     to: CallSite
     side: Side = "before"
     style: Style = "auto"
+    elementwise: bool = False
 
 
 @dataclass(frozen=True)
