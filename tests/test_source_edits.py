@@ -180,6 +180,24 @@ def test_moving_a_dropout_to_where_it_is_changes_nothing() -> None:
     assert patch.patched == WIDE_BLOCK and patch.diff() == ""
 
 
+def test_the_new_place_is_named_as_in_the_text_before_the_move() -> None:
+    # lines and occurrences name calls in the file the user has, though the dropout goes first
+    by_line = MoveDropout(CallSite("BasicBlock", "self.drop"), to=CallSite("BasicBlock", "self.bn2", line=28),
+                          side="after")
+    assert applied(RESNET18, by_line).patched == applied(RESNET18, BLOCK_FIX).patched
+    source = '''class M(nn.Module):
+    def forward(self, x):
+        x = self.drop(x)
+        x = self.block(x)
+        y = self.drop(x)
+        return self.fc(y)
+'''
+    patch = applied(source, MoveDropout(CallSite("M", "self.drop", occurrence=0),
+                                        to=CallSite("M", "self.drop", occurrence=1), side="after"))
+    assert patch.patched == source.replace("        x = self.drop(x)\n", "").replace(
+        "        y = self.drop(x)\n", "        y = self.drop(x)\n        y = self.drop(y)\n")
+
+
 def test_a_guarded_dropout_moves_with_its_guard() -> None:
     patch = applied(WIDE_BLOCK_PRE_BN,
                     MoveDropout(CallSite("WideBasic", "F.dropout"), to=CallSite("WideBasic", "self.conv2")))

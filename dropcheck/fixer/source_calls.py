@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import libcst as cst
 import libcst.matchers as m
 
-from .source_locate import CannotEdit, SourceIndex, free_names
+from .source_locate import CannotEdit, SourceIndex, descendants, free_names
 from .source_requests import ApplyDropout, CallSite, GateOnTraining, MoveDropout, RemoveDropout, Side, Style
 from .source_statements import (append_item, assignment_line, insert_after, insert_before, remove_small_statement,
                                 replace_node, sole_guard)
@@ -61,9 +61,10 @@ def remove_dropout(index: SourceIndex, request: RemoveDropout) -> cst.Module:
 
 def apply_dropout(index: SourceIndex, request: ApplyDropout) -> cst.Module:
     # `self` in the request means the method's instance argument, whatever the method calls it
-    self_name = index.self_name(index.find_method(request.at.cls, request.at.method))
+    method, call = _method_and_call(index, request.at)
+    self_name = index.self_name(method)
     template = DropoutTemplate(*(re.sub(r"\bself\b", self_name, text) for text in (request.dropout, request.arguments)))
-    return _apply_at(index, request.at, template, request.side, request.style, prefer_statement=True)
+    return _apply_at(index, call, request.at, template, request.side, request.style, prefer_statement=True)
 
 
 def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
@@ -87,11 +88,13 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     template = _template_of(index, call, _is_module_call(source))
     if request.elementwise:
         template = _elementwise(index, call, template)
-    removed = SourceIndex(_without_call(index, call, self_name, _is_module_call(source)))
     if request.side == "before" and not to.callee.startswith("."):
         _input_argument(index, target, to)  # refused here, with the lines the user sees
-    return _apply_at(removed, to, template, request.side, request.style, prefer_statement=was_statement,
-                     guard=guard, line=index.line(target))
+    removed = SourceIndex(_without_call(index, call, self_name, _is_module_call(source)))
+    moved_target = _after_removal(index, removed, to, call, _dropout_input(index, call, _is_module_call(source)),
+                                  target)
+    return _apply_at(removed, moved_target, to, template, request.side, request.style,
+                     prefer_statement=was_statement, guard=guard, line=index.line(target))
 
 
 def gate_on_training(index: SourceIndex, request: GateOnTraining) -> cst.Module:
@@ -169,11 +172,10 @@ def _only_dropout(small: cst.BaseSmallStatement, call: cst.Call) -> bool:
 # -- applying --------------------------------------------------------------------------------------
 
 
-def _apply_at(index: SourceIndex, site: CallSite, template: DropoutTemplate, side: Side, style: Style,
-              prefer_statement: bool, guard: cst.If | None = None, line: int | None = None) -> cst.Module:
-    """`line`: where the call is in the text the user has (a move reads a module with the dropout
-    already taken out, whose lines may have shifted)."""
-    call = index.find_call(site)
+def _apply_at(index: SourceIndex, call: cst.Call, site: CallSite, template: DropoutTemplate, side: Side,
+              style: Style, prefer_statement: bool, guard: cst.If | None = None, line: int | None = None) -> cst.Module:
+    """Apply the dropout at `call` (which `site` names). `line`: where the call is in the text the user
+    has (a move reads a module with the dropout already taken out, whose lines may have shifted)."""
     slot = _statement_slot(index, call, site, side)
     statement = style == "statement" or guard is not None or (style == "auto" and prefer_statement
                                                                 and not isinstance(slot, str))
@@ -192,6 +194,25 @@ def _apply_at(index: SourceIndex, site: CallSite, template: DropoutTemplate, sid
         return replace_node(index, call, wrapped)
     value = _input_argument(index, call, site).value if not site.callee.startswith(".") else call.func.value
     return replace_node(index, value, template.call_on(value))
+
+
+def _after_removal(before: SourceIndex, after: SourceIndex, site: CallSite, dropout: cst.Call,
+                   kept: cst.BaseExpression, target: cst.Call) -> cst.Call:
+    """`target` again, in the module with `dropout` taken out. Lines and occurrences may have moved, but
+    the method's calls keep their order, less the dropout call and any call in its arguments other
+    than the input it leaves behind (`kept`)."""
+    calls = [c for c in descendants(before.find_method(site.cls, site.method).body) if isinstance(c, cst.Call)]
+    staying = {id(n) for n in (kept, *descendants(kept))}
+    gone = {id(n) for n in (dropout, *descendants(dropout)) if isinstance(n, cst.Call) and id(n) not in staying}
+    if id(target) in gone:
+        raise CannotEdit(f"{site} is inside the dropout's own arguments")
+    position = next(i for i, c in enumerate(calls) if c is target)
+    position -= sum(id(c) in gone for c in calls[:position])
+    remaining = [c for c in descendants(after.find_method(site.cls, site.method).body) if isinstance(c, cst.Call)]
+    if len(remaining) != len(calls) - len(gone):
+        raise CannotEdit(f"taking the dropout out changed the other calls of {site.cls}.{site.method}; "
+                         "move it by hand")
+    return remaining[position]
 
 
 def _statement_slot(index: SourceIndex, call: cst.Call, site: CallSite,
