@@ -45,6 +45,11 @@ def changed_lines(patch: SourcePatch) -> tuple[int, int]:
     return sum(line.startswith("-") for line in lines), sum(line.startswith("+") for line in lines)
 
 
+def line_of(source: str, text: str) -> int:
+    """The line (from 1) of the first occurrence of `text`."""
+    return source[:source.index(text)].count("\n") + 1
+
+
 def method(source: str, header: str) -> str:
     """The text of one method (its `def` line up to the next blank line or def)."""
     start = source.index(header)
@@ -196,6 +201,24 @@ def test_the_new_place_is_named_as_in_the_text_before_the_move() -> None:
                                         to=CallSite("M", "self.drop", occurrence=1), side="after"))
     assert patch.patched == source.replace("        x = self.drop(x)\n", "").replace(
         "        y = self.drop(x)\n", "        y = self.drop(x)\n        y = self.drop(y)\n")
+
+
+def test_lines_name_the_original_text_after_earlier_requests_moved_them() -> None:
+    drop, bn2, head, linear = (line_of(RESNET18, text) for text in (
+        "out = self.drop(out)", "out = self.bn2(", "out = self.dropout(out)", "out = self.linear(out)"))
+    by_lines = [DeclareDropout("BasicBlock", "drop2", 0.1, after="bn1"),
+                RemoveDropout(CallSite("ResNet", "self.dropout", line=head)),
+                MoveDropout(CallSite("BasicBlock", "self.drop", line=drop),
+                            to=CallSite("BasicBlock", "self.bn2", line=bn2), side="after"),
+                ApplyDropout(CallSite("ResNet", "self.linear", line=linear))]
+    by_names = [DeclareDropout("BasicBlock", "drop2", 0.1, after="bn1"),
+                RemoveDropout(CallSite("ResNet", "self.dropout")), BLOCK_FIX,
+                ApplyDropout(CallSite("ResNet", "self.linear"))]
+    assert applied(RESNET18, *by_lines).patched == applied(RESNET18, *by_names).patched
+    twice = patch_source(RESNET18, [RemoveDropout(CallSite("ResNet", "self.dropout")),
+                                    RemoveDropout(CallSite("ResNet", "self.dropout", line=head))])
+    assert twice.results[1].reason == (f"self.dropout(...) in ResNet.forward (line {head}): an earlier request "
+                                       "of this patch rewrote that line")
 
 
 def test_a_guarded_dropout_moves_with_its_guard() -> None:

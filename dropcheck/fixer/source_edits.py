@@ -20,7 +20,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import libcst as cst
@@ -77,6 +77,7 @@ class SourcePatch:
 
 def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.py") -> SourcePatch:
     """Apply `requests` in order to the source `text` (of the file `path`, named in the diff).
+    Lines in call sites are the original text's, whatever the earlier requests inserted or removed.
 
     Raises DropcheckError only when `text` is not Python; a request that does not apply is a
     refused EditResult and leaves the text as the previous requests made it."""
@@ -86,9 +87,10 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
         raise DropcheckError("source", f"{path}:{exc.raw_line}: cannot parse: {exc.message}",
                              "fix the syntax error first") from exc
     results = []
+    lines = {n: n for n in range(1, text.count("\n") + 2)}  # each original line -> where it is now
     for request in requests:
         try:
-            edited = _edit(module, request)
+            edited = _edit(module, _at_current_lines(request, lines))
             _check_compiles(edited, path)
         except CannotEdit as exc:
             results.append(EditResult(request, False, str(exc)))
@@ -96,6 +98,7 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
             results.append(EditResult(request, False, f"dropcheck could not edit this ({type(exc).__name__}: "
                                                       f"{exc}); please report it"))
         else:
+            lines = _follow_lines(lines, module.code, edited.code)
             module = edited
             results.append(EditResult(request, True))
     return SourcePatch(path, text, module.code, tuple(results))
@@ -145,6 +148,31 @@ def _edit(module: cst.Module, request: EditRequest) -> cst.Module:
     if edit is None:
         raise CannotEdit(f"{type(request).__name__} is not an edit request")
     return edit(SourceIndex(module), request)
+
+
+def _at_current_lines(request: EditRequest, lines: dict[int, int]) -> EditRequest:
+    """The request with its call sites' lines (numbered in the original text) moved to where those
+    lines are after the earlier requests."""
+    if isinstance(request, AllOf):
+        return AllOf(tuple(_at_current_lines(part, lines) for part in request.requests))
+    moved = {}
+    for field in fields(request):
+        site = getattr(request, field.name)
+        if isinstance(site, CallSite) and site.line is not None:
+            if site.line not in lines:
+                raise CannotEdit(f"{site}: an earlier request of this patch rewrote that line")
+            moved[field.name] = replace(site, line=lines[site.line])
+    return replace(request, **moved) if moved else request
+
+
+def _follow_lines(lines: dict[int, int], before: str, after: str) -> dict[int, int]:
+    """`lines` after one edit: a line kept (or edited in place) maps on, a removed one drops out."""
+    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    step = {}
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
+            step.update({i1 + k + 1: j1 + k + 1 for k in range(i2 - i1)})
+    return {original: step[now] for original, now in lines.items() if now in step}
 
 
 def _check_compiles(module: cst.Module, path: str) -> None:
