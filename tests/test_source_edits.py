@@ -236,6 +236,14 @@ def test_a_guarded_dropout_moves_with_its_guard() -> None:
     assert changed_lines(patch) == (1, 1)  # difflib shows it as the relu2 line moving up
 
 
+def test_a_guard_does_not_move_when_its_statement_stays() -> None:
+    # `h = out` stays under the `if`, so the guard cannot come along, and the dropout may not leave it
+    source = WIDE_BLOCK_PRE_BN.replace("            out = F.dropout(out, p=self.droprate, training=self.training)",
+                                       "            h = F.dropout(out, p=self.droprate, training=self.training)")
+    reason = refusal(source, MoveDropout(CallSite("WideBasic", "F.dropout"), to=CallSite("WideBasic", "self.conv2")))
+    assert "sit under different `if`/`for`/`with` blocks" in reason
+
+
 def test_a_guarded_dropout_that_needs_a_line_of_its_own_is_refused_where_there_is_none() -> None:
     source = '''class M(nn.Module):
     def forward(self, x):

@@ -77,7 +77,10 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     self_name = index.self_name(method)
     found = index.statement_of(call)
     was_statement = found is not None and _only_dropout(found[0], call)
-    guard = sole_guard(index, found[1], self_name) if was_statement else None
+    kept = _dropout_input(index, call, _is_module_call(source))
+    # a guard moves only with a statement that goes entirely (`out = self.drop(out)`, not `h = ...`)
+    goes = was_statement and _does_nothing(found[0].deep_replace(call, kept))
+    guard = sole_guard(index, found[1], self_name) if goes else None
     # the dropout must run under the same loops and conditions after the move (its guard moves with it)
     around_source = index.enclosing_blocks(guard or call, method)
     target = index.find_call(to)
@@ -91,8 +94,7 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     if request.side == "before" and not to.callee.startswith("."):
         _input_argument(index, target, to)  # refused here, with the lines the user sees
     removed = SourceIndex(_without_call(index, call, self_name, _is_module_call(source)))
-    moved_target = _after_removal(index, removed, to, call, _dropout_input(index, call, _is_module_call(source)),
-                                  target)
+    moved_target = _after_removal(index, removed, to, call, kept, target)
     return _apply_at(removed, moved_target, to, template, request.side, request.style,
                      prefer_statement=was_statement, guard=guard, line=index.line(target))
 
@@ -186,8 +188,8 @@ def _apply_at(index: SourceIndex, call: cst.Call, site: CallSite, template: Drop
                              f"(line {line or index.line(call)}), but {slot}")
         anchor, name = slot
         new: cst.BaseStatement = assignment_line(name, template.call_on(cst.Name(name)))
-        if guard is not None:  # the guard comes along, around the new line
-            new = guard.with_changes(body=guard.body.with_changes(body=(new,)), leading_lines=())
+        if guard is not None:  # the guard comes along, around the new line (a copy: no node twice in a tree)
+            new = guard.deep_clone().with_changes(body=guard.body.with_changes(body=(new,)), leading_lines=())
         return (insert_before if side == "before" else insert_after)(index, anchor, new)
     if side == "after":
         wrapped = template.call_on(call.with_changes(lpar=(), rpar=())).with_changes(lpar=call.lpar, rpar=call.rpar)
