@@ -391,6 +391,13 @@ def test_a_request_that_names_nothing_comes_back_refused(site: CallSite, reason:
     assert reason in refusal(RESNET18, RemoveDropout(site))
 
 
+def test_the_parts_of_a_group_name_lines_of_the_original_text() -> None:
+    linear = line_of(RESNET18, "out = self.linear(out)")
+    together = AllOf((DeclareDropout("ResNet", "drop2", 0.2),
+                      ApplyDropout(CallSite("ResNet", "self.linear", line=linear), dropout="self.drop2")))
+    assert "        out = self.drop2(out)\n        out = self.linear(out)" in applied(RESNET18, together).patched
+
+
 def test_requests_together_apply_all_or_none() -> None:
     together = AllOf((DeclareDropout("BasicBlock", "drop2", 0.2), ApplyDropout(CallSite("BasicBlock", "self.fc"),
                                                                               dropout="self.drop2")))

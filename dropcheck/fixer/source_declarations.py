@@ -97,7 +97,8 @@ def move_in_sequential(index: SourceIndex, request: MoveInSequential) -> cst.Mod
     moved = arguments[request.index].value
     if not (isinstance(moved, cst.Call) and index.imported_names(moved) & DROPOUT_MODULES):
         raise CannotEdit(f"{where}[{request.index}] is `{index.code(moved)}`, not a torch.nn dropout")
-    has_state = request.has_state or tuple(_has_state(index, a.value) for a in arguments)
+    has_state = request.has_state if request.has_state is not None else tuple(
+        _has_state(index, a.value) for a in arguments)
     if len(has_state) != size:
         raise CannotEdit(f"{where} has {size} elements in the source but {len(has_state)} in the model")
     renames = sequential_key_renames(has_state, request.index, request.to_index)

@@ -90,7 +90,7 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
     lines = {n: n for n in range(1, text.count("\n") + 2)}  # each original line -> where it is now
     for request in requests:
         try:
-            edited = _edit(module, _at_current_lines(request, lines))
+            edited, edited_lines = _edit(module, request, lines)
             _check_compiles(edited, path)
         except CannotEdit as exc:
             results.append(EditResult(request, False, str(exc)))
@@ -98,8 +98,7 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
             results.append(EditResult(request, False, f"dropcheck could not edit this ({type(exc).__name__}: "
                                                       f"{exc}); please report it"))
         else:
-            lines = _follow_lines(lines, module.code, edited.code)
-            module = edited
+            module, lines = edited, edited_lines
             results.append(EditResult(request, True))
     return SourcePatch(path, text, module.code, tuple(results))
 
@@ -136,25 +135,26 @@ def write_patch(patch: SourcePatch, path: str | os.PathLike[str] | None = None) 
     return target
 
 
-def _edit(module: cst.Module, request: EditRequest) -> cst.Module:
+def _edit(module: cst.Module, request: EditRequest,
+          lines: dict[int, int]) -> tuple[cst.Module, dict[int, int]]:
+    """The module after `request`, and where each original line is then."""
     if isinstance(request, AllOf):  # all or nothing: the first refusal refuses the group
         for position, part in enumerate(request.requests):
             try:
-                module = _edit(module, part)
+                module, lines = _edit(module, part, lines)
             except CannotEdit as exc:
                 raise CannotEdit(f"part {position + 1} of {len(request.requests)}: {exc}") from exc
-        return module
+        return module, lines
     edit = _EDITS.get(type(request))
     if edit is None:
         raise CannotEdit(f"{type(request).__name__} is not an edit request")
-    return edit(SourceIndex(module), request)
+    edited = edit(SourceIndex(module), _at_current_lines(request, lines))
+    return edited, _follow_lines(lines, module.code, edited.code)
 
 
 def _at_current_lines(request: EditRequest, lines: dict[int, int]) -> EditRequest:
     """The request with its call sites' lines (numbered in the original text) moved to where those
     lines are after the earlier requests."""
-    if isinstance(request, AllOf):
-        return AllOf(tuple(_at_current_lines(part, lines) for part in request.requests))
     moved = {}
     for field in fields(request):
         site = getattr(request, field.name)
@@ -167,7 +167,8 @@ def _at_current_lines(request: EditRequest, lines: dict[int, int]) -> EditReques
 
 def _follow_lines(lines: dict[int, int], before: str, after: str) -> dict[int, int]:
     """`lines` after one edit: a line kept (or edited in place) maps on, a removed one drops out."""
-    matcher = difflib.SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    # split at "\n" only, as Python counts lines (a form feed is not a line break there)
+    matcher = difflib.SequenceMatcher(None, before.split("\n"), after.split("\n"), autojunk=False)
     step = {}
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
