@@ -569,6 +569,12 @@ def test_windows_line_endings_are_kept() -> None:
     assert patch.patched == ODD_FIXED.replace("\n", "\r\n")
 
 
+def test_a_byte_order_mark_and_a_missing_final_newline_are_kept() -> None:
+    source = "\ufeff" + RESNET18.rstrip("\n")
+    patch = applied(source, BLOCK_FIX, HEAD_FIX)
+    assert patch.patched == "\ufeff" + applied(RESNET18, BLOCK_FIX, HEAD_FIX).patched.rstrip("\n")
+
+
 def test_a_new_statement_takes_the_blocks_indentation() -> None:
     tabs = RESNET18.replace("    ", "\t")
     patch = applied(tabs, BLOCK_FIX)

@@ -21,7 +21,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import libcst as cst
 
@@ -70,8 +70,9 @@ class SourcePatch:
 
     def diff(self, context: int = 3) -> str:
         """A unified diff (`a/path`, `b/path`), empty when nothing changed."""
+        name = PurePath(self.path).as_posix().lstrip("/")
         lines = difflib.unified_diff(_diff_lines(self.original), _diff_lines(self.patched),
-                                     f"a/{self.path}", f"b/{self.path}", n=context)
+                                     f"a/{name}", f"b/{name}", n=context)
         return "".join(lines)
 
 
@@ -81,8 +82,9 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
 
     Raises DropcheckError only when `text` is not Python; a request that does not apply is a
     refused EditResult and leaves the text as the previous requests made it."""
+    bom = "\ufeff" if text.startswith("\ufeff") else ""  # libcst drops a byte-order mark; the file keeps it
     try:
-        module = cst.parse_module(text)
+        module = cst.parse_module(text[len(bom):])
     except cst.ParserSyntaxError as exc:
         raise DropcheckError("source", f"{path}:{exc.raw_line}: cannot parse: {exc.message}",
                              "fix the syntax error first") from exc
@@ -100,7 +102,7 @@ def patch_source(text: str, requests: Sequence[EditRequest], path: str = "model.
         else:
             module, lines = edited, edited_lines
             results.append(EditResult(request, True))
-    return SourcePatch(path, text, module.code, tuple(results))
+    return SourcePatch(path, text, bom + module.code, tuple(results))
 
 
 def read_source(path: str | os.PathLike[str]) -> str:
