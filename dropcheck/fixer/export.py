@@ -7,6 +7,7 @@ model before it takes OUT's place.
 from __future__ import annotations
 
 import importlib.util
+import keyword
 import json
 import sys
 from pathlib import Path
@@ -18,10 +19,12 @@ from ..version import __version__
 from ..atomic import write_dir_with, write_with
 from ..config import check_output
 from ..records import DropcheckError, FixResult
+from .carry import CarriedSources, user_sources
 from .fixed import import_lines
 from .verify import eval_mode, same_outputs
 
 _STANDARD = "torch.nn."
+_CONTAINERS = ("torch.nn.Module()", "torch.nn.Sequential()", "torch.nn.ModuleList()", "torch.nn.ModuleDict()")
 
 
 def write_output(result: FixResult, out: Path, force: bool) -> list[Path]:
@@ -60,8 +63,9 @@ def _write_files(result: FixResult, folder: Path) -> list[str]:
     model = result.model
     (folder / "modules").mkdir()
     code, pickled = module_source(result)
-    for qual, module in pickled.items():
-        torch.save(module, folder / "modules" / f"{qual}.pt")
+    for qual, module in pickled.items():  # with the user's sources its classes need (carry.py)
+        sources = CarriedSources(user_sources({cls for m in module.modules() for cls in type(m).__mro__}))
+        torch.save({"sources": sources, "module": module}, folder / "modules" / f"{qual}.pt")
     if not pickled:
         (folder / "modules").rmdir()
     torch.save(model.state_dict(), folder / "state_dict.pt")
@@ -95,20 +99,44 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
     lines, pickled = _tree_lines(model, called)
     imports = [line for line in import_lines(model.globals) if line != "import torch"]
     params = _signature(model.train_graph)
+    args = ", ".join(p.split("=")[0] for p in params)
+    one_body = _same_body(model.train_src, model.eval_src)
     changes = "\n".join(f"  {c.action} {c.dropout or '(new)'} -> {c.to or 'removed'} ({c.rule or 'fix'}, p={c.p:g})"
                         for c in result.changes) or "  (none)"
+    kept = _not_reset(model)
     header = (f'"""{result.target} with its dropout placed by dropcheck {__version__} (Guidelines 1 and 2).\n\n'
               f"Changes:\n{changes}\n\n"
-              "Use it: sys.path.insert(0, this folder); from module import FixedModel; model = FixedModel()\n"
-              "It loads its weights from state_dict.pt beside this file (a checkpoint of the original model loads\n"
-              'too: load_state_dict(..., strict=True)). forward dispatches on self.training to two traced bodies.\n"""\n')
+              "Use it: sys.path.insert(0, this folder); from module import FixedModel\n"
+              "  FixedModel()               the fixed weights, from state_dict.pt beside this file (a checkpoint of\n"
+              "                             the original model loads too: load_state_dict(..., strict=True))\n"
+              "  FixedModel(weights=False)  fresh weights: every submodule's own reset_parameters(), drawn from\n"
+              "                             torch's RNG (torch.manual_seed picks them); PyTorch's default\n"
+              "                             initialisation per layer type, not a custom one the original's\n"
+              "                             constructor applied\n"
+              + (f"  ({len(kept)} tensor(s) no reset_parameters() covers keep the saved values: "
+                 f"{', '.join(kept[:8])}{', ...' if len(kept) > 8 else ''})\n" if kept else "")
+              + "The module tree is the original's (model.layer1[0] works where the original had a Sequential).\n"
+              + ("forward is the traced body (the same in train and eval mode).\n" if one_body else
+                 "forward dispatches on self.training to two traced bodies (train and eval differ).\n")
+              + '"""\n')
+    if one_body:
+        forward = [f"    def forward(self, {', '.join(params)}):",
+                   f"        return self._forward({args})", "",
+                   _indent(model.train_src.replace("def _forward_train(", "def _forward(", 1))]
+    else:
+        forward = [f"    def forward(self, {', '.join(params)}):",
+                   "        if self.training:",
+                   f"            return self._forward_train({args})",
+                   f"        return self._forward_eval({args})", "",
+                   _indent(model.train_src), "", _indent(model.eval_src)]
     body = "\n".join([
         "import os", "", "import torch", *imports, "", '_HERE = os.path.dirname(os.path.abspath(__file__))', "", "",
         "def _load(name):",
-        "    return torch.load(os.path.join(_HERE, name), weights_only=name.endswith(('state_dict.pt', 'buffers.pt')))",
+        "    obj = torch.load(os.path.join(_HERE, name), weights_only=name.endswith(('state_dict.pt', 'buffers.pt')))",
+        "    return obj['module'] if isinstance(obj, dict) and 'module' in obj else obj  # modules/: with its sources",
         "", "",
         "class FixedModel(torch.nn.Module):",
-        "    def __init__(self):",
+        "    def __init__(self, weights=True):",
         "        super().__init__()",
         *[f"        {line}" for line in lines],
         "        self.load_state_dict(_load('state_dict.pt'))",
@@ -119,15 +147,25 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
         "                module._buffers[attr] = value",
         "            else:",
         "                setattr(module, attr, value)",
+        "        if not weights:",
+        "            for module in self.modules():",
+        "                if callable(getattr(module, 'reset_parameters', None)):",
+        "                    module.reset_parameters()",
         "",
-        f"    def forward(self, {', '.join(params)}):",
-        "        if self.training:",
-        f"            return self._forward_train({', '.join(p.split('=')[0] for p in params)})",
-        f"        return self._forward_eval({', '.join(p.split('=')[0] for p in params)})",
-        "",
-        _indent(model.train_src), "", _indent(model.eval_src),
+        *forward,
     ])
     return header + body.rstrip() + "\n", pickled
+
+
+def _same_body(train_src: str, eval_src: str) -> bool:
+    return train_src.replace("def _forward_train(", "def _f(", 1) == eval_src.replace("def _forward_eval(", "def _f(", 1)
+
+
+def _not_reset(model: nn.Module) -> list[str]:
+    """Parameters of modules without reset_parameters: a fresh FixedModel keeps their saved values."""
+    return [f"{qual}.{name}" if qual else name for qual, module in model.named_modules()
+            if not callable(getattr(module, "reset_parameters", None))
+            for name, _ in module.named_parameters(recurse=False)]
 
 
 def _called_modules(graph: fx.Graph) -> set[str]:
@@ -138,8 +176,7 @@ def _tree_lines(model: nn.Module, called: set[str]) -> tuple[list[str], dict[str
     lines: list[str] = []
     pickled: dict[str, nn.Module] = {}
 
-    def visit(module: nn.Module, qual: str) -> None:
-        expr = _expr(qual)
+    def visit(module: nn.Module, qual: str, expr: str) -> None:
         lines.extend(_own_tensors(module, expr))
         for name, child in module.named_children():
             child_qual = f"{qual}.{name}" if qual else name
@@ -148,18 +185,19 @@ def _tree_lines(model: nn.Module, called: set[str]) -> tuple[list[str], dict[str
                 pickled[child_qual] = child
                 ctor = f"_load('modules/{child_qual}.pt')"
             lines.append(f"{expr}.add_module({name!r}, {ctor})")
-            if ctor == "torch.nn.Module()":
-                visit(child, child_qual)
+            if ctor in _CONTAINERS:
+                visit(child, child_qual, _child_expr(module, expr, name))
 
-    visit(model, "")
+    visit(model, "", "self")
     return lines, pickled
 
 
 def _constructor(module: nn.Module, called: bool) -> str | None:
     """torch.nn.X(...) from the repr where that rebuilds it; torch.nn.Module() for a container."""
     has_children = next(iter(module.children()), None) is not None
-    if has_children and not called:
-        return "torch.nn.Module()"
+    if has_children and not called:  # the same container type, so indexing and iteration work as before
+        return next((f"torch.nn.{kind.__name__}()" for kind in (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+                     if isinstance(module, kind)), "torch.nn.Module()")
     cls = type(module)
     text = repr(module)
     if not has_children and getattr(nn, cls.__name__, None) is cls and "\n" not in text:
@@ -179,8 +217,15 @@ def _own_tensors(module: nn.Module, expr: str) -> list[str]:
     return lines
 
 
-def _expr(qual: str) -> str:
-    return "self" + "".join(f".{p}" if p.isidentifier() else f".get_submodule({p!r})" for p in qual.split(".") if p)
+def _child_expr(parent: nn.Module, expr: str, name: str) -> str:
+    """How module.py names a child: self.layer1[0].conv1, as one would write it by hand."""
+    if isinstance(parent, (nn.Sequential, nn.ModuleList)) and name.isdigit():
+        return f"{expr}[{name}]"
+    if isinstance(parent, nn.ModuleDict):
+        return f"{expr}[{name!r}]"
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{expr}.{name}"
+    return f"{expr}.get_submodule({name!r})"
 
 
 def _signature(graph: fx.Graph) -> list[str]:

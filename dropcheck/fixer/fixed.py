@@ -14,6 +14,7 @@ import torch
 from torch import fx, nn
 
 from ..records import DropcheckError
+from .carry import CarriedSources, user_sources
 
 
 def detached(graph: fx.Graph) -> fx.Graph:
@@ -98,7 +99,10 @@ class FixedModel(nn.Module):
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("_forward_train", "_forward_eval", "globals", "train_graph", "eval_graph")}
         state["imports"] = "\n".join(import_lines(self.globals))
-        return rebuild, (self.forward_src, state)
+        # the user's own modules travel first, so their classes resolve as the children unpickle
+        classes = {cls for m in self.modules() for cls in type(m).__mro__}
+        carried = CarriedSources(user_sources([*classes, *self.globals.values()]))
+        return rebuild_carried, (carried, self.forward_src, state)
 
 
 def forward_source(graph: fx.Graph) -> str:
@@ -144,6 +148,11 @@ def rebuild(source: str, state: dict[str, Any]) -> FixedModel:
         setattr(model, name, namespace[name])
     model.globals = namespace
     return model
+
+
+def rebuild_carried(carried: CarriedSources, source: str, state: dict[str, Any]) -> FixedModel:
+    """`rebuild` for a pickle that carries the user's sources (installed when `carried` unpickled)."""
+    return rebuild(source, state)
 
 
 def _adopt(module: nn.Module, root: nn.Module) -> None:

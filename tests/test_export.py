@@ -1,0 +1,171 @@
+"""What `fix -o` writes loads and runs in a fresh process, for every kind of target (issue 12).
+
+Each target is fixed once in this process and written both ways (`.pt` and a folder); then one
+fresh interpreter per target, with only dropcheck importable (no user code on its path, another
+working directory), loads both, runs them and compares their eval outputs with the fixed model's.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dropcheck.fixer.export import write_output
+from dropcheck.fixer.pipeline import fix_target
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+BLOCKS = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    """A CIFAR BasicBlock with dropout between the convs, before bn2 (DC001)."""
+
+    def __init__(self, c, p=0.2):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.drop = nn.Dropout(p)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(self.drop(out)))
+        return F.relu(out + x)
+'''
+
+NET = '''
+import torch
+from torch import nn
+
+from {blocks} import Block
+
+INPUT_SHAPE = (2, 3, 16, 16)
+
+
+class Net(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.layer1 = nn.Sequential(Block(width), Block(width))
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.layer1(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+'''
+
+FRESH = textwrap.dedent('''
+    import importlib.util, sys, torch
+    spec, root, user, shape = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
+    assert user == "-" or importlib.util.find_spec(user) is None, "the user's code must not be importable here"
+    x, y = torch.load(root + "/x.pt"), torch.load(root + "/y.pt")
+    pt = torch.load(root + "/fixed.pt", weights_only=False).eval()
+    with torch.no_grad():
+        assert torch.equal(pt(x), y), ".pt output differs"
+    sys.path.insert(0, root + "/folder")
+    from module import FixedModel
+    folder = FixedModel().eval()
+    with torch.no_grad():
+        assert torch.equal(folder(x), y), "folder output differs"
+    path, _, index = shape.partition("[")
+    for model in (pt, folder):
+        child = model.get_submodule(path)[int(index.rstrip("]"))]
+        assert isinstance(child, torch.nn.Module), type(child)
+    fresh = []
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        fresh.append(FixedModel(weights=False).state_dict())
+    differ = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)
+    assert differ(fresh[0], fresh[1]) and not differ(fresh[0], fresh[2]), "seeds must pick the initialisation"
+    assert differ(fresh[0], folder.state_dict()), "a fresh model must not be the saved one"
+    folder.train()
+    folder(torch.cat([x, x]))  # train mode runs too
+    print("loaded", spec)
+''')
+
+
+def _write_user_files(tmp: Path) -> dict[str, tuple[str, dict, str | None]]:
+    """A file target (whose model imports a sibling module) and a package target (relative import)."""
+    files = tmp / "models"
+    files.mkdir()
+    (files / "cifar_blocks.py").write_text(BLOCKS)
+    (files / "cifar_net.py").write_text(NET.format(blocks="cifar_blocks"))
+    package = tmp / "site" / "dc_export_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "blocks.py").write_text(BLOCKS)
+    (package / "net.py").write_text(NET.format(blocks=".blocks"))
+    return {"file": (str(files / "cifar_net.py"), {}, "cifar_blocks"),
+            "module": ("dc_export_pkg.net:Net", {}, "dc_export_pkg")}
+
+
+TARGETS = {  # name: (spec or file-made, model args, input shape, a Sequential child to index)
+    "file": (None, {}, (2, 3, 16, 16), "layer1[0]"),
+    "file-named": (None, {}, (2, 3, 16, 16), "layer1[1]"),
+    "module": (None, {}, (2, 3, 16, 16), "layer1[0]"),
+    "timm": ("timm:resnet18", {"drop_rate": 0.2}, (1, 3, 32, 32), "layer1[0]"),
+    "torchvision": ("torchvision:mobilenet_v2", {"dropout": 0.2}, (1, 3, 32, 32), "features[1]"),
+}
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_pt_and_folder_load_and_run_in_a_fresh_process(name: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    if name in ("timm", "torchvision"):
+        pytest.importorskip(name)
+    spec, kwargs, shape, child = TARGETS[name]
+    user = "-"
+    if spec is None:
+        made = _write_user_files(tmp_path)
+        spec, kwargs, user = made["module" if name == "module" else "file"]
+        if name == "file-named":
+            spec += ":Net"
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        monkeypatch.chdir(tmp_path / "site")
+    try:
+        result = fix_target(spec, kwargs, shape)
+        assert result.ok and (result.changes or name == "torchvision"), [str(c) for c in result.checks]
+        write_output(result, tmp_path / "fixed.pt", force=False)
+        write_output(result, tmp_path / "folder", force=False)
+    finally:  # the next test imports its own copies
+        for module in [m for m in sys.modules if m.startswith(("dc_export_pkg", "cifar_blocks"))]:
+            del sys.modules[module]
+    x = torch.randn(*shape)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(result.model.eval()(x), tmp_path / "y.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", FRESH, spec, str(tmp_path), user, repr(child)], cwd=elsewhere,
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0 and "loaded" in run.stdout, run.stderr[-3000:]
+
+
+def test_identical_train_and_eval_bodies_are_generated_once(tmp_path: Path) -> None:
+    result = fix_target(str(ROOT / "examples" / "preresnet.py"), {"position": "P3"})
+    write_output(result, tmp_path / "folder", force=False)
+    code = (tmp_path / "folder" / "module.py").read_text()
+    assert code.count("    def _forward(self") == 1 and "_forward_eval" not in code and "_forward_train" not in code
+    assert "self.stages[0][0].add_module('drop'" in code  # the tree reads as one would write it
+
+
+def test_a_file_target_pt_written_by_the_cli_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    target = _write_user_files(tmp_path)["file"][0]
+    fix = subprocess.run([sys.executable, "-m", "dropcheck", "fix", target, "-o", str(tmp_path / "fixed.pt")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert fix.returncode == 0, fix.stderr
+    load = ("import torch; m = torch.load('fixed.pt', weights_only=False).eval(); "
+            "print(type(m.layer1[0]).__name__, tuple(m(torch.randn(2, 3, 16, 16)).shape))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert run.returncode == 0 and run.stdout.split() == ["Block", "(2,", "10)"], run.stderr[-3000:]
