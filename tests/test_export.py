@@ -6,17 +6,23 @@ working directory), loads both, runs them and compares their eval outputs with t
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
+from rich.console import Console
+
 from dropcheck.fixer.export import write_output
 from dropcheck.fixer.pipeline import fix_target
+from dropcheck.output.text.fix import render_fix
+from dropcheck.records import FixResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -150,8 +156,13 @@ def test_pt_and_folder_load_and_run_in_a_fresh_process(name: str, tmp_path: Path
     assert run.returncode == 0 and "loaded" in run.stdout, run.stderr[-3000:]
 
 
-def test_identical_train_and_eval_bodies_are_generated_once(tmp_path: Path) -> None:
-    result = fix_target(str(ROOT / "examples" / "preresnet.py"), {"position": "P3"})
+@pytest.fixture(scope="module")
+def preresnet() -> FixResult:
+    return fix_target(str(ROOT / "examples" / "preresnet.py"), {"position": "P3", "head_position": "H5"})
+
+
+def test_identical_train_and_eval_bodies_are_generated_once(preresnet: FixResult, tmp_path: Path) -> None:
+    result = preresnet
     write_output(result, tmp_path / "folder", force=False)
     code = (tmp_path / "folder" / "module.py").read_text()
     assert code.count("    def _forward(self") == 1 and "_forward_eval" not in code and "_forward_train" not in code
@@ -169,3 +180,32 @@ def test_a_file_target_pt_written_by_the_cli_loads_in_a_fresh_process(tmp_path: 
     run = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=TIMEOUT)
     assert run.returncode == 0 and run.stdout.split() == ["Block", "(2,", "10)"], run.stderr[-3000:]
+
+
+def test_diff_lists_each_move_with_the_lines_it_touches_and_verbose_shows_all(preresnet: FixResult) -> None:
+    moves = preresnet.moves_diff()
+    headers = [line for line in moves.splitlines() if line.startswith("@@")]
+    assert headers == [f"@@ {line} @@" for line in preresnet.change_lines()]  # one hunk per change
+    hunk = moves.split("@@ ")[1]  # the first move: stages.0.0.drop, P3 -> P6 before conv2
+    assert "-stages_0_0_drop = " in hunk and "+stages_0_0_drop_1 = " in hunk and "conv2(stages_0_0_drop_1)" in hunk
+    assert "stages_1_0" not in hunk and "None" not in moves  # its own lines only; no `;  x = None` tails
+    assert len(moves.splitlines()) < len(preresnet.diff().splitlines()) / 2
+    short, full = io.StringIO(), io.StringIO()
+    render_fix(preresnet, Console(file=short, width=200), diff=True)
+    render_fix(preresnet, Console(file=full, width=200), diff=True, full_diff=True)
+    assert "# eval mode" not in short.getvalue() and "# eval mode" in full.getvalue()
+    assert "@@ move  head_drop  H5 -> H4" in short.getvalue()
+
+
+def test_library_target_diff_lists_moves_and_verbose_adds_the_generated_code() -> None:
+    pytest.importorskip("timm")
+    base = [sys.executable, "-m", "dropcheck", "fix", "timm:resnet18", "-a", "drop_rate=0.2",
+            "--input-shape", "1,3,32,32", "--dry-run", "--diff"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        short, full = pool.map(lambda argv: subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                                                           timeout=TIMEOUT), [base, [*base, "--verbose"]])
+    assert short.returncode == 0 and full.returncode == 0, short.stderr[-2000:] + full.stderr[-2000:]
+    assert "@@ convert  /dropout  -> nn.Dropout dropout in place  (p=0.2) @@" in short.stdout
+    assert "-dropout = torch.nn.functional.dropout(global_pool_flatten" in short.stdout
+    assert "# eval mode" not in short.stdout and "self.layer1" not in short.stdout
+    assert "# eval mode" in full.stdout and "-    dropout = torch.nn.functional.dropout(" in full.stdout

@@ -35,11 +35,13 @@ def fix(
     add: Annotated[float | None, typer.Option(
         "--add", metavar="P", show_default=False,
         help="Insert guideline dropout with probability P into every branch and the head that have none.")] = None,
-    diff: Annotated[bool, typer.Option("--diff", help="Print the forward code before and after as a diff.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Print each change with the forward lines it touches "
+                                       "(with --verbose: the whole generated code's diff).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
     force: Annotated[bool, force_option()] = False,
     fmt: Annotated[str, format_option("text or json.")] = "text",
-    verbose: Annotated[bool, verbose_option("Show the traceback of a failure.")] = False,
+    verbose: Annotated[bool, verbose_option("Show the traceback of a failure; with --diff, the whole "
+                                            "generated code's diff.")] = False,
 ) -> None:
     """Rewrite TARGET to follow Guidelines 1 and 2, verify nothing else changed, and write it to OUT."""
     err = stderr_console()
@@ -53,7 +55,7 @@ def fix(
     result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
     console = Console()
     if fmt == "text":
-        render_fix(result, console, diff)
+        render_fix(result, console, diff, full_diff=verbose)
     written: list[Path] = []
     if result.ok and not dry_run and output is not None:
         with step_progress(err, f"writing {output}"):

@@ -158,7 +158,8 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
 
 
 def _same_body(train_src: str, eval_src: str) -> bool:
-    return train_src.replace("def _forward_train(", "def _f(", 1) == eval_src.replace("def _forward_eval(", "def _f(", 1)
+    train = train_src.replace("def _forward_train(", "def _f(", 1)
+    return train == eval_src.replace("def _forward_eval(", "def _f(", 1)
 
 
 def _not_reset(model: nn.Module) -> list[str]:

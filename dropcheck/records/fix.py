@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,32 @@ class FixResult:
                                      self.code_after.splitlines(keepends=True),
                                      fromfile=f"{self.target} (original)", tofile=f"{self.target} (fixed)")
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+    def moves_diff(self) -> str:
+        """The changes with the forward lines each touches, as a diff with one hunk per change (the
+        change in its header): what `fix --diff` prints for a graph rewrite; `diff()` is all of it.
+        Lines that mention the dropout (or its module) count, and so do the lines they replace or
+        are replaced by (same assigned name); a line the eval body repeats is shown once."""
+        statements: list[tuple[str, str]] = []
+        for line in self.diff().splitlines():
+            if line[:1] in "-+" and not line.startswith(("---", "+++")):
+                entry = (line[0], line[1:].strip().split(";  ")[0])  # fx's `;  x = None` is noise here
+                if entry[1] and entry not in statements:
+                    statements.append(entry)
+        hunks = []
+        for change, text in zip(self.changes, self.change_lines()):
+            names = {name.rpartition("/")[2] if "/" in name else name.replace(".", "_")
+                     for name in (change.dropout, change.module) if name}
+            mentions = re.compile("|".join(rf"\b{re.escape(n)}(?:_\d+)?\b" for n in names)) if names else None
+            hit = {i for i, (_, st) in enumerate(statements) if mentions is not None and mentions.search(st)}
+            assigned = {statements[i][1].split(" = ")[0] for i in hit if " = " in statements[i][1]}
+            hit |= {i for i, (_, st) in enumerate(statements) if " = " in st and st.split(" = ")[0] in assigned}
+            if hit:
+                hunks.append(f"@@ {text} @@\n" + "".join(f"{sign}{st}\n" for sign, st in
+                                                       (statements[i] for i in sorted(hit))))
+        if not hunks:
+            return ""
+        return f"--- {self.target} (original)\n+++ {self.target} (fixed)\n" + "".join(hunks)
 
     def describe_change(self, change: Change) -> tuple[str, str, str]:
         """One change's line as (subject, detail, why): `move  stages.0.0.drop  P3 -> P6 before

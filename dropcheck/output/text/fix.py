@@ -13,8 +13,9 @@ from ..console import write_plain
 _ACTION_STYLE = {"move": "yellow", "remove": "red", "convert": "cyan", "add": "green"}
 
 
-def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
-    """What `dropcheck fix` did: a header, the diff (if asked), one line per change, what could
+def render_fix(result: FixResult, console: Console, diff: bool = False, full_diff: bool = False) -> None:
+    """What `dropcheck fix` did: a header, the diff (if asked: each change with the forward lines it
+    touches, or with `full_diff` the whole generated code's diff), one line per change, what could
     not be fixed, then the verification lines. Rich on a terminal, plain lines when piped."""
     rich = console.is_terminal
     shape = "x".join(str(d) for d in result.input_shape) if result.input_shape else "?"
@@ -24,7 +25,7 @@ def render_fix(result: FixResult, console: Console, diff: bool = False) -> None:
     else:
         write_plain(console, f"{result.target}: {model}, input {shape}")
     if diff:
-        _render_diff(result.diff(), console)
+        _render_diff(result.diff() if full_diff else result.moves_diff() or result.diff(), console)
     lines: list[Text] = [_change_line(result, change) for change in result.changes]
     if not result.changes:
         lines.append(Text("no changes", style="dim") if result.unfixable else
