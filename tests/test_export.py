@@ -209,3 +209,28 @@ def test_library_target_diff_lists_moves_and_verbose_adds_the_generated_code() -
     assert "-dropout = torch.nn.functional.dropout(global_pool_flatten" in short.stdout
     assert "# eval mode" not in short.stdout and "self.layer1" not in short.stdout
     assert "# eval mode" in full.stdout and "-    dropout = torch.nn.functional.dropout(" in full.stdout
+
+
+def test_a_pickle_naming_the_0_1_0_rebuild_still_loads(preresnet: FixResult) -> None:
+    """dropcheck 0.1.0 pickled `dropcheck.fixed._rebuild(source, state)`; such files keep loading."""
+    import pickle
+
+    from dropcheck.fixer.fixed import rebuild
+
+    _, (_, source, state) = preresnet.model.__reduce_ex__(2)
+    new = pickle.dumps(_Reduced(rebuild, (source, state)), protocol=4)
+    name = b"\x8c\x15dropcheck.fixer.fixed\x94\x8c\x07rebuild\x94"
+    assert new.count(name) == 1
+    old = new.replace(name, b"\x8c\x0fdropcheck.fixed\x94\x8c\x08_rebuild\x94")  # as 0.1.0 named it
+    model = pickle.loads(old).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), preresnet.model.eval()(x))
+
+
+class _Reduced:
+    def __init__(self, fn: object, args: tuple) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple:
+        return self.fn, self.args
