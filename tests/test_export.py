@@ -68,6 +68,31 @@ class Net(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 '''
 
+WRAPPED = '''
+import torch
+from torch import nn
+
+INPUT_SHAPE = (2, 3, 8, 8)
+
+
+def scale(x):  # data-dependent: fx must not trace into it
+    return x * 2 if x.shape[0] > 0 else x
+
+
+torch.fx.wrap("scale")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop, self.bn = nn.Conv2d(3, 4, 3), nn.Dropout(0.2), nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Linear(4, 2))
+
+    def forward(self, x):
+        x = self.bn(self.drop(scale(self.conv(x))))
+        return self.head(x.mean((2, 3)))
+'''
+
 FRESH = textwrap.dedent('''
     import importlib.util, sys, torch
     spec, root, user, shape = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
@@ -109,7 +134,9 @@ def _write_user_files(tmp: Path) -> dict[str, tuple[str, dict, str | None]]:
     (package / "__init__.py").write_text("")
     (package / "blocks.py").write_text(BLOCKS)
     (package / "net.py").write_text(NET.format(blocks=".blocks"))
+    (files / "wrapped_net.py").write_text(WRAPPED)
     return {"file": (str(files / "cifar_net.py"), {}, "cifar_blocks"),
+            "wrapped": (str(files / "wrapped_net.py"), {}, "-"),
             "module": ("dc_export_pkg.net:Net", {}, "dc_export_pkg")}
 
 
@@ -117,6 +144,7 @@ TARGETS = {  # name: (spec or file-made, model args, input shape, a Sequential c
     "file": (None, {}, (2, 3, 16, 16), "layer1[0]"),
     "file-named": (None, {}, (2, 3, 16, 16), "layer1[1]"),
     "module": (None, {}, (2, 3, 16, 16), "layer1[0]"),
+    "wrapped": (None, {}, (2, 3, 8, 8), "head[0]"),  # the traced code calls the user's fx.wrap'ed function
     "timm": ("timm:resnet18", {"drop_rate": 0.2}, (1, 3, 32, 32), "layer1[0]"),
     "torchvision": ("torchvision:mobilenet_v2", {"dropout": 0.2}, (1, 3, 32, 32), "features[1]"),
 }
@@ -131,7 +159,7 @@ def test_pt_and_folder_load_and_run_in_a_fresh_process(name: str, tmp_path: Path
     user = "-"
     if spec is None:
         made = _write_user_files(tmp_path)
-        spec, kwargs, user = made["module" if name == "module" else "file"]
+        spec, kwargs, user = made[name if name in made else "file"]
         if name == "file-named":
             spec += ":Net"
         monkeypatch.syspath_prepend(str(tmp_path / "site"))

@@ -68,12 +68,15 @@ def _write_files(result: FixResult, folder: Path) -> list[str]:
         torch.save({"sources": sources, "module": module}, folder / "modules" / f"{qual}.pt")
     if not pickled:
         (folder / "modules").rmdir()
+    sources = graph_sources(model)
+    if sources:
+        torch.save(CarriedSources(sources), folder / "sources.pt")
     torch.save(model.state_dict(), folder / "state_dict.pt")
     torch.save(_extra_tensors(model), folder / "buffers.pt")
     (folder / "module.py").write_text(code)
     changes = {"schema": 1, "dropcheck_version": __version__, **result.to_dict(),
                "files": ["module.py", "state_dict.pt", "buffers.pt", "changes.json"]
-               + [f"modules/{q}.pt" for q in pickled]}
+               + [f"modules/{q}.pt" for q in pickled] + (["sources.pt"] if sources else [])}
     (folder / "changes.json").write_text(json.dumps(changes, indent=2) + "\n")
     return changes["files"]
 
@@ -100,7 +103,8 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
     imports = [line for line in import_lines(model.globals) if line != "import torch"]
     params = _signature(model.train_graph)
     args = ", ".join(p.split("=")[0] for p in params)
-    one_body = _same_body(model.train_src, model.eval_src)
+    train_src, eval_src, wraps = _split_wraps(model.train_src, model.eval_src)
+    one_body = _same_body(train_src, eval_src)
     changes = "\n".join(f"  {c.action} {c.dropout or '(new)'} -> {c.to or 'removed'} ({c.rule or 'fix'}, p={c.p:g})"
                         for c in result.changes) or "  (none)"
     kept = _not_reset(model)
@@ -122,15 +126,18 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
     if one_body:
         forward = [f"    def forward(self, {', '.join(params)}):",
                    f"        return self._forward({args})", "",
-                   _indent(model.train_src.replace("def _forward_train(", "def _forward(", 1))]
+                   _indent(train_src.replace("def _forward_train(", "def _forward(", 1))]
     else:
         forward = [f"    def forward(self, {', '.join(params)}):",
                    "        if self.training:",
                    f"            return self._forward_train({args})",
                    f"        return self._forward_eval({args})", "",
-                   _indent(model.train_src), "", _indent(model.eval_src)]
+                   _indent(train_src), "", _indent(eval_src)]
     body = "\n".join([
-        "import os", "", "import torch", *imports, "", '_HERE = os.path.dirname(os.path.abspath(__file__))', "", "",
+        "import os", "", "import torch", "", '_HERE = os.path.dirname(os.path.abspath(__file__))',
+        *(["torch.load(os.path.join(_HERE, 'sources.pt'), weights_only=False)  # makes the user's modules "
+           "named below importable"] if graph_sources(model) else []),
+        *imports, *wraps, "", "",
         "def _load(name):",
         "    obj = torch.load(os.path.join(_HERE, name), weights_only=name.endswith(('state_dict.pt', 'buffers.pt')))",
         "    return obj['module'] if isinstance(obj, dict) and 'module' in obj else obj  # modules/: with its sources",
@@ -155,6 +162,22 @@ def module_source(result: FixResult) -> tuple[str, dict[str, nn.Module]]:
         *forward,
     ])
     return header + body.rstrip() + "\n", pickled
+
+
+def graph_sources(model: nn.Module) -> dict[str, tuple[str, str, bool]]:
+    """The user's modules that the traced code imports from (a torch.fx.wrap'ed function of theirs)."""
+    return user_sources(getattr(model, "globals", {}).values())
+
+
+def _split_wraps(train_src: str, eval_src: str) -> tuple[str, str, list[str]]:
+    """fx puts `torch.fx._symbolic_trace.wrap(...)` lines before the body; they belong at module level."""
+    wraps: list[str] = []
+    kept = []
+    for src in (train_src, eval_src):
+        lines = src.splitlines()
+        wraps.extend(line for line in lines if line.startswith("torch.fx._symbolic_trace.wrap(") and line not in wraps)
+        kept.append("\n".join(line for line in lines if not line.startswith("torch.fx._symbolic_trace.wrap(")))
+    return kept[0], kept[1], wraps
 
 
 def _same_body(train_src: str, eval_src: str) -> bool:
