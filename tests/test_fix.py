@@ -139,6 +139,29 @@ def test_train_mode_check_fails_when_a_dropout_stops_dropping() -> None:
     assert not check.ok and name in check.detail
 
 
+class _PooledBatchNorm(nn.Module):
+    """Functional batch_norm on a pooled 1x1 map: train mode needs two values per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)
+        x = F.batch_norm(x, self.mean, self.var, training=self.training)
+        return self.fc(self.drop(torch.flatten(x, 1)))
+
+
+def test_train_mode_check_runs_a_batch_of_one_as_two_when_it_must() -> None:
+    result = dropcheck.fix(_PooledBatchNorm(), torch.randn(1, 3, 16, 16))
+    check = next(c for c in result.checks if c.name == "train mode")
+    assert check.ok, check.detail
+
+
 def test_original_checkpoint_loads_strictly_and_the_user_model_is_untouched() -> None:
     target = load_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, weights=True)
     before = {k: v.clone() for k, v in target.model.state_dict().items()}

@@ -111,9 +111,7 @@ def _train_mode_drops(fixed: nn.Module, inputs: tuple[Any, ...], sites: Sequence
         for m in fixed.modules():
             if ops.is_batchnorm_module(m):
                 m.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(0)
-            fixed(*_random_like(inputs, 0))
+        error = _train_forward(fixed, _random_like(inputs, 0))
     finally:
         for h in handles:
             h.remove()
@@ -122,6 +120,8 @@ def _train_mode_drops(fixed: nn.Module, inputs: tuple[Any, ...], sites: Sequence
         with torch.no_grad():
             for name, b in fixed.named_buffers():
                 b.copy_(buffers[name])
+    if error:
+        return Check("train mode", False, f"the train-mode forward raised {error}")
     wrong = [f"{name} {why}" for name, why in seen.items() if why]
     if wrong:
         return Check("train mode", False, "; ".join(wrong[:3]))
@@ -133,6 +133,25 @@ def _train_mode_drops(fixed: nn.Module, inputs: tuple[Any, ...], sites: Sequence
     if not seen and not functional:
         return Check("train mode", True, "no dropout, as in the original")
     return Check("train mode", True, f"{len(seen) + functional} dropout(s) run and drop in train mode")
+
+
+def _train_forward(model: nn.Module, args: tuple[Any, ...]) -> str | None:
+    """Run once in train mode, seeded, the caller's RNG restored; a batch of one is retried as two (batch
+    statistics of a functional batch_norm need two values per channel). The error, if it still fails."""
+    attempts = [args]
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor) and first.dim() and first.shape[0] == 1:
+        attempts.append((torch.cat([first, first]), *args[1:]))
+    error = None
+    for xs in attempts:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            try:
+                model(*xs)
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported as a failed check
+                error = error or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    return error
 
 
 def _not_dropping(m: nn.Module, args: tuple[Any, ...], out: Any) -> str | None:
