@@ -145,7 +145,7 @@ def test_json_is_schema_1_with_the_changes(runs: dict[str, subprocess.CompletedP
     assert fixed["ok"] is True and fixed["target"] == "examples/preresnet.py"
     assert [(c["action"], c["dropout"], c["rule"], c["from_position"], c["to_position"]) for c in fixed["changes"]] \
         == [("move", f"stages.{i}.0.drop", "DC001", "P3", "P6") for i in range(3)]
-    assert [c["name"] for c in fixed["verification"]] == ["eval outputs", "state_dict", "re-audit", "idempotent"]
+    assert [c["name"] for c in fixed["verification"]] == ["eval outputs", "state_dict", "train mode", "re-audit", "idempotent"]
     assert all(c["ok"] for c in fixed["verification"])
 
 

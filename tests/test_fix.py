@@ -103,6 +103,65 @@ def test_fixed_model_drops_in_train_mode_and_not_in_eval_mode() -> None:
     assert torch.equal(model(x), model(x))
 
 
+def test_train_mode_check_leaves_buffers_flags_and_rng_as_they_were() -> None:
+    result = _fix("preresnet.py", position="P3")
+    check = next(c for c in result.checks if c.name == "train mode")
+    assert check.ok and "drop in train mode" in check.detail
+    target = load_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, weights=True)
+    model = result.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    rng = torch.random.get_rng_state()
+    from dropcheck.fixer.verify import verify_fix
+    from dropcheck.analysis.capture import capture_graph
+    from dropcheck.analysis.sites import find_sites
+    capture = capture_graph(target)
+    sites = find_sites(capture).sites
+    checks = verify_fix(capture, model, target.inputs, False, lambda m: (audit(m, target.inputs[0]), 0), sites)
+    assert next(c for c in checks if c.name == "train mode").ok
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN running stats too
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+def test_train_mode_check_fails_when_a_dropout_stops_dropping() -> None:
+    target = load_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, weights=True)
+    model = fix_loaded(target).model
+    name, drop = next((n, m) for n, m in model.named_modules() if type(m) is nn.Dropout and m.p > 0)
+    drop.forward = lambda x: x.clone()  # reached in train mode, but drops nothing
+    from dropcheck.fixer.verify import verify_fix
+    from dropcheck.analysis.capture import capture_graph
+    from dropcheck.analysis.sites import find_sites
+    capture = capture_graph(target)
+    checks = verify_fix(capture, model, target.inputs, False, lambda m: (audit(m, target.inputs[0]), 0),
+                        find_sites(capture).sites)
+    check = next(c for c in checks if c.name == "train mode")
+    assert not check.ok and name in check.detail
+
+
+class _PooledBatchNorm(nn.Module):
+    """Functional batch_norm on a pooled 1x1 map: train mode needs two values per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)
+        x = F.batch_norm(x, self.mean, self.var, training=self.training)
+        return self.fc(self.drop(torch.flatten(x, 1)))
+
+
+def test_train_mode_check_runs_a_batch_of_one_as_two_when_it_must() -> None:
+    result = dropcheck.fix(_PooledBatchNorm(), torch.randn(1, 3, 16, 16))
+    check = next(c for c in result.checks if c.name == "train mode")
+    assert check.ok, check.detail
+
+
 def test_original_checkpoint_loads_strictly_and_the_user_model_is_untouched() -> None:
     target = load_target(str(EXAMPLES / "preresnet.py"), {"position": "P3"}, weights=True)
     before = {k: v.clone() for k, v in target.model.state_dict().items()}
@@ -159,7 +218,7 @@ def test_zoo_models_are_fixed_and_verified(spec: str, kwargs: dict, shape: tuple
     assert result.ok, [c for c in result.checks if not c.ok]
     assert len(result.changes) == moved
     assert all(c.ok for c in result.checks) and {c.name for c in result.checks} == {
-        "eval outputs", "state_dict", "re-audit", "idempotent"}
+        "eval outputs", "state_dict", "train mode", "re-audit", "idempotent"}
 
 
 def test_exported_folder_imports_and_runs_in_a_fresh_process(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
 
     if progress is not None:
         progress("verifying")
-    checks = verify_fix(capture, fixed, target.inputs, any(s.always_on for s in analysis.sites), reaudit)
+    checks = verify_fix(capture, fixed, target.inputs, any(s.always_on for s in analysis.sites), reaudit,
+                        analysis.sites)
     before = _code("train", graph_source(capture.graph_module.graph, "_forward_train")) + \
         _code("eval", graph_source(capture.eval_graph_module.graph, "_forward_eval"))
     after = _code("train", fixed.train_src) + _code("eval", fixed.eval_src)

@@ -5,27 +5,39 @@
 2. identical state_dict keys and tensors, so a checkpoint of the original loads with strict=True;
 3. a re-audit of the fixed model has no finding of a rule whose page says `fix-verifies: yes`
    (DC001-DC004);
-4. fixing the fixed model changes nothing.
+4. fixing the fixed model changes nothing;
+5. train mode still drops: one train-mode forward (BatchNorm held in eval mode, buffers and RNG
+   restored) reaches a dropout wherever the original had one, and every dropout it reaches with
+   p > 0 is in training mode and drops.
+
+The checks run their forwards on one intra-op thread (restored afterwards): they are a few forwards
+of the example's size, where more threads buy little on an idle machine and, on a shared one,
+cost several times the work itself (OpenMP workers spin waiting for cores that others hold).
+Reference and fixed model always run at the same thread count, so bit-identity is not at stake.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import fx, nn
 
 from ..analysis import ops
 from ..analysis.catalog import describe_codes, verified_by_fix
-from ..records import Capture, Check, Report
+from ..records import Capture, Check, Report, Site
 
 _SEEDS = (0, 1, 2)
+_THREADS = 1
 
 
 def verify_fix(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ...], always_on: bool,
-               reaudit: Callable[[nn.Module], tuple[Report, int]]) -> list[Check]:
-    checks = [_same_eval_outputs(capture, fixed, inputs, always_on), _same_state_dict(capture.root, fixed)]
-    report, changes = reaudit(fixed)
+               reaudit: Callable[[nn.Module], tuple[Report, int]], sites: Sequence[Site] = ()) -> list[Check]:
+    with _threads(_THREADS):
+        checks = [_same_eval_outputs(capture, fixed, inputs, always_on), _same_state_dict(capture.root, fixed),
+                  _train_mode_drops(fixed, inputs, sites)]
+        report, changes = reaudit(fixed)
     verified = verified_by_fix()  # rules/*.md `fix-verifies: yes`
     left = sorted({f"{f.rule} on {f.dropout}" for f in report.findings if f.rule in verified})
     detail = f"no {describe_codes(verified)} findings" if not left else "; ".join(left)
@@ -69,10 +81,93 @@ def _same_state_dict(original: nn.Module, fixed: nn.Module) -> Check:
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     if changed:
         return Check("state_dict", False, f"tensors differ: {', '.join(changed[:3])}")
-    probe = copy.deepcopy(fixed)
-    probe.load_state_dict(before, strict=True)
+    # the tensors are equal (above), so loading them into the fixed model itself changes no value and
+    # proves what a copy would, without copying the model (pickled by source: slow to deepcopy)
+    fixed.load_state_dict(before, strict=True)
     return Check("state_dict", True, f"same {len(before)} keys and tensors; the original's checkpoint "
                                      "loads with strict=True")
+
+
+_ATTENTION_OPS = {f.__name__ for f in ops.ATTENTION_FUNCTIONS} | {nn.MultiheadAttention.__name__}
+_MASKING = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)  # zero elements (or channels) with prob. p
+_DECIDABLE = 1e-9  # a dropout must have dropped something unless (1 - p) ** draws is above this
+
+
+def _train_mode_drops(fixed: nn.Module, inputs: tuple[Any, ...], sites: Sequence[Site]) -> Check:
+    """One train-mode forward with every BatchNorm in eval mode (nothing normalises by batch statistics)."""
+    expected = any(s.active and s.p > 0 and s.op not in _ATTENTION_OPS for s in sites)
+    seen: dict[str, str | None] = {}  # reached dropout -> what is wrong with it, or None
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            seen[name] = seen.get(name) or _not_dropping(m, args, out)
+        return record
+
+    flags = {m: m.training for m in fixed.modules()}
+    buffers = {name: b.clone() for name, b in fixed.named_buffers()}
+    handles = [m.register_forward_hook(hook(name)) for name, m in fixed.named_modules() if ops.is_dropout_module(m)]
+    try:
+        fixed.train()
+        for m in fixed.modules():
+            if ops.is_batchnorm_module(m):
+                m.eval()
+        error = _train_forward(fixed, _random_like(inputs, 0))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+        with torch.no_grad():
+            for name, b in fixed.named_buffers():
+                b.copy_(buffers[name])
+    if error:
+        return Check("train mode", False, f"the train-mode forward raised {error}")
+    wrong = [f"{name} {why}" for name, why in seen.items() if why]
+    if wrong:
+        return Check("train mode", False, "; ".join(wrong[:3]))
+    functional = sum(n.op == "call_function" and ops.is_dropout_function(n.target)
+                     and all(v for v in ops.function_p_and_training(n.target, n.args, n.kwargs))
+                     for n in getattr(getattr(fixed, "train_graph", None), "nodes", ()))
+    if expected and not seen and not functional:
+        return Check("train mode", False, "no dropout runs in train mode, though the original has one")
+    if not seen and not functional:
+        return Check("train mode", True, "no dropout, as in the original")
+    return Check("train mode", True, f"{len(seen) + functional} dropout(s) run and drop in train mode")
+
+
+def _train_forward(model: nn.Module, args: tuple[Any, ...]) -> str | None:
+    """Run once in train mode, seeded, the caller's RNG restored; a batch of one is retried as two (batch
+    statistics of a functional batch_norm need two values per channel). The error, if it still fails."""
+    attempts = [args]
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor) and first.dim() and first.shape[0] == 1:
+        attempts.append((torch.cat([first, first]), *args[1:]))
+    error = None
+    for xs in attempts:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            try:
+                model(*xs)
+                return None
+            except Exception as exc:  # noqa: BLE001 - reported as a failed check
+                error = error or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    return error
+
+
+def _not_dropping(m: nn.Module, args: tuple[Any, ...], out: Any) -> str | None:
+    p = ops.module_p(m)
+    if p <= 0:
+        return None
+    if not m.training:
+        return "is in eval mode when the model is in train mode"
+    x = args[0] if args else None
+    if type(m) not in _MASKING or not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) \
+            or out.data_ptr() == x.data_ptr():
+        return None  # other dropout layers (DropBlock, ...), in place: running in training mode is what we can check
+    draws = x.numel() if type(m) is nn.Dropout or x.dim() < 2 else x.shape[0] * x.shape[1]
+    if (1 - p) ** draws > _DECIDABLE or not torch.equal(x, out):
+        return None
+    return f"(p={p:g}) left its input unchanged in train mode"
 
 
 def _random_like(inputs: tuple[Any, ...], seed: int) -> tuple[Any, ...]:
@@ -91,6 +186,17 @@ def same_outputs(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(same_outputs(x, y) for x, y in zip(a, b))
     return a == b
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count capped at `n` for the duration, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(n, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class eval_mode:
