@@ -12,6 +12,6 @@ from .measure import Measurement, Reproduction
 from .training import Comparison, Listener, RunResult, check_pairing
 
 __all__ = ["Analysis", "Capture", "CaptureInfo", "Change", "Check", "Comparison", "DropcheckError", "Finding",
-           "FixResult", "FlowNode", "Listener", "Measurement", "NotInSource", "OpaqueRegion", "Report", "Reproduction", "Rule",
-           "RunResult", "Severity", "Site", "SiteKind", "SourceFix", "SourceLocation", "StochasticDepthSite", "StrEnum", "Target",
-           "check_pairing"]
+           "FixResult", "FlowNode", "Listener", "Measurement", "NotInSource", "OpaqueRegion", "Report",
+           "Reproduction", "Rule", "RunResult", "Severity", "Site", "SiteKind", "SourceFix", "SourceLocation",
+           "StochasticDepthSite", "StrEnum", "Target", "check_pairing"]
