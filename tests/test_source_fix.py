@@ -6,6 +6,7 @@ file is written), then fixed again (nothing left to change).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,27 @@ def test_in_place_cannot_go_with_an_output_or_a_library_target(tmp_path: Path) -
         result = _dropcheck(tmp_path, *args)
         assert result.returncode == 2 and result.stdout == ""
         assert "--in-place edits your own source files" in result.stderr
+
+
+def test_a_failed_check_writes_nothing_and_names_the_check(tmp_path: Path) -> None:
+    # the model reads a file beside it when imported; the checked copy holds only the Python files
+    source = (PREACT_BLOCK + PREACT_NET).replace("    def __init__(self, width=8,", "    def __init__(self, width=WIDTH,")
+    source = source.replace("\n\nclass PreActNet", '\nfrom pathlib import Path\n'
+                            'WIDTH = int(Path(__file__).with_name("width.txt").read_text())\n\n\nclass PreActNet')
+    _write(tmp_path, {"preact.py": source, "width.txt": "8\n"})
+    result = _dropcheck(tmp_path, "fix", "preact.py", "--in-place")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("nothing written: check failed: fresh import: the patched copy did not load: ")
+    assert "FileNotFoundError" in result.stderr and "width.txt" in result.stderr
+    assert (tmp_path / "preact.py").read_text() == source
+
+
+def test_json_adds_the_source_patch_and_keeps_the_fix_document(tmp_path: Path) -> None:
+    _write(tmp_path, {"seqnet.py": SEQUENTIAL_NET + "\nINPUT_SHAPE = (2, 3, 16, 16)\n"})
+    result = _dropcheck(tmp_path, "fix", "seqnet.py", "--format", "json")
+    document = json.loads(result.stdout)
+    fix = document["fix"]
+    assert {"target", "ok", "input_shape", "changes", "verification", "unfixable"} <= fix.keys()
+    assert fix["source_patch"]["files"] == [] and fix["source_patch"]["diff"] == ""
+    assert [item["site"] for item in fix["source_patch"]["not_in_source"]] == ["features.3", "classifier.3"]
+    assert document["written"] == [] and result.returncode == 1

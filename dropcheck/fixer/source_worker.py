@@ -18,7 +18,7 @@ from ..analysis.catalog import describe_codes, verified_by_fix
 from ..analysis.check import repeated_in_branch
 from ..analysis.load import load_target
 from ..analysis.pipeline import audit_captured
-from ..records import Check
+from ..records import Check, DropcheckError
 from .plan import plan_fix
 from .source_fix import plan_source_fix
 from .verify import eval_mode, same_outputs
@@ -28,6 +28,8 @@ def run_checks(payload: dict[str, Any]) -> list[Check]:
     try:
         target = load_target(payload["spec"], payload["model_args"], tuple(payload["input_shape"]) or None,
                              weights=True)
+    except DropcheckError as exc:  # load's own words: where the import or the build failed, and how
+        return [Check("fresh import", False, f"the patched copy did not load: {exc.message}")]
     except Exception as exc:  # noqa: BLE001 - whatever stops the import is the check's answer
         return [Check("fresh import", False, f"{type(exc).__name__}: {_first_line(exc)}")]
     model = target.model
