@@ -61,6 +61,26 @@ class Net(nn.Module):
 INPUT_SHAPE = (2, 3, 16, 16)
 '''
 
+# dropout on the trunk, before the block's first BatchNorm: it moves into the block (another class)
+TRUNK = BLOCK.replace("drop_rate=0.1", "drop_rate=0.0").replace("        out = self.drop(out)\n", "") + '''
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.drop = nn.Dropout(0.2)
+        self.block = BasicBlock(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        out = self.drop(self.stem(x))
+        out = self.block(out)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+INPUT_SHAPE = (2, 3, 16, 16)
+'''
+
 UNEVEN = BLOCK + '''
 
 class Net(nn.Module):
@@ -152,6 +172,7 @@ CASES = {
     "preact-nested": ({"preact.py": PREACT_BLOCK + PREACT_NET}, "preact.py", "preact.py", 1),
     "always-on-head": ({"odd.py": ODD + "\nINPUT_SHAPE = (2, 3, 16, 16)\n"}, "odd.py", "odd.py", 2),
     "sequential-blocks": ({"seqnet.py": SEQUENTIAL_BLOCKS}, "seqnet.py", "seqnet.py", 2),
+    "trunk-into-another-class": ({"trunk.py": TRUNK}, "trunk.py", "trunk.py", 4),
     "package-sibling": ({"pkg/__init__.py": "", "pkg/blocks.py": BLOCK, "pkg/model.py": PACKAGE_MODEL},
                         "pkg.model:Net", "pkg/blocks.py", 2),
 }
@@ -211,6 +232,17 @@ def test_the_patched_resnet_moves_the_block_dropout_after_bn2_and_the_head_dropo
     ]
     assert "        out = self.bn2(self.conv2(out))\n+        out = self.drop(out)\n" in shown.stdout
     assert "+        out = self.dropout(out)\n         out = F.avg_pool2d(out, 4)\n" in shown.stdout
+
+
+def test_a_move_into_another_class_declares_the_dropout_there(tmp_path: Path) -> None:
+    _write(tmp_path, {"trunk.py": TRUNK})
+    shown = _dropcheck(tmp_path, "fix", "trunk.py", "--diff")
+    assert _changed_lines(shown.stdout) == [
+        "+        self.drop_guideline = nn.Dropout(p=0.2)",
+        "+        out = self.drop_guideline(out)",
+        "-        out = self.drop(self.stem(x))",
+        "+        out = self.stem(x)",
+    ]
 
 
 def test_a_model_already_following_the_guidelines_needs_no_patch(tmp_path: Path) -> None:

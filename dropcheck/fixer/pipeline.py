@@ -80,7 +80,7 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
         if progress is not None:
             progress("verifying the patched source of")
         checks = verify_source(target, capture, edits, root, spec_in_copy, dict(model_args or {}),
-                               any(s.always_on for s in analysis.sites))
+                               any(s.always_on for s in analysis.sites), [s.id for s in analysis.sites])
     source = SourceFix(files=[patch.path for patch in edits.patches], diff=edits.diff,
                        not_in_source=edits.not_in_source, patches=tuple(edits.patches))
     return FixResult(target=spec, model=target.model, changes=plan.changes, checks=checks, unfixable=plan.unfixable,

@@ -31,8 +31,9 @@ TIMEOUT_S = 600
 
 
 def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Path, spec: str,
-                  model_args: dict[str, Any], always_on: bool) -> list[Check]:
-    """Run the checks on the patched copy of the project under `root`; `spec` names the target there."""
+                  model_args: dict[str, Any], always_on: bool, original_sites: list[str]) -> list[Check]:
+    """Run the checks on the patched copy of the project under `root`; `spec` names the target there.
+    The re-audit looks at the fixed sites and at dropouts the patch added (not in `original_sites`)."""
     with tempfile.TemporaryDirectory(prefix="dropcheck-verify-") as tmp:
         tree = Path(tmp) / "project"
         _copy_project(root.resolve(), tree, edits)
@@ -43,7 +44,7 @@ def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Pa
         payload = Path(tmp) / "payload.pt"
         torch.save({"spec": spec, "model_args": model_args, "input_shape": list(target.input_shape or []),
                     "state_dict": capture.root.state_dict(), "inputs": inputs, "expected": expected,
-                    "fixed": edits.fixed, "original_sites": [], "always_on": always_on}, payload)
+                    "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on}, payload)
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parents[2])  # dropcheck itself, as this process has it
         env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])

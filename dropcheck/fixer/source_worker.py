@@ -50,9 +50,10 @@ def run_checks(payload: dict[str, Any]) -> list[Check]:
     analysis, report = audit_captured(target, capture, ignores=False)
     if any(s.active for s in analysis.sites):
         checks.append(_still_drops(model, payload["inputs"][0]))
-    verified, fixed = verified_by_fix(), set(payload["fixed"])
-    left = sorted({f"{f.rule} on {f.dropout}" for f in report.findings if f.rule in verified and f.dropout in fixed})
-    checks.append(Check("re-audit", not left, f"no {describe_codes(verified)} findings on the fixed sites"
+    verified, fixed, before = verified_by_fix(), set(payload["fixed"]), set(payload["original_sites"])
+    left = sorted({f"{f.rule} on {f.dropout}" for f in report.findings
+                   if f.rule in verified and (f.dropout in fixed or f.dropout not in before)})
+    checks.append(Check("re-audit", not left, f"no {describe_codes(verified)} findings on the fixed or added sites"
                         if not left else "; ".join(left)))
     plan = plan_fix(capture, analysis, None, None, repeated_in_branch(analysis.sites))
     again = plan_source_fix(capture, analysis, plan, Path.cwd())
