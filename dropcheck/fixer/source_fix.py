@@ -30,9 +30,6 @@ from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRe
                            MoveInSequential, RemoveDropout, SourcePatch, patch_source, read_source,
                            write_patch)
 
-_ROUNDS = 4  # refusals can cascade (a unit dropped makes a class uneven): a few rounds settle it
-
-
 @dataclass(eq=False)  # units are told apart by identity
 class _Unit:
     """The edits that fix some sites together: all are written, or none is."""
@@ -64,13 +61,13 @@ def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path
     mapper = _Mapper(capture, {s.id: s for s in analysis.sites}, plan, root.resolve())
     units = [mapper.unit(change) for change in plan.changes]
     units = [u for u in units if u is not None]
-    for _ in range(_ROUNDS):
+    while True:  # each round refuses at least one more unit, or ends: a refusal can make a class uneven
         _refuse_uneven_classes(capture.root, units)
         patches, refused = _patch_files(mapper, [u for u in units if not u.refusal])
-        for unit, reason in refused.items():
-            unit.refusal = reason
         if not refused:
             break
+        for unit, reason in refused.items():
+            unit.refusal = reason
     missing = [NotInSource(site, unit.refusal) for unit in units if unit.refusal for site in unit.sites]
     fixed = [site for unit in units if not unit.refusal for site in unit.sites]
     return SourceEdits([p for p in patches if p.changed], fixed, missing)
