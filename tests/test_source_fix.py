@@ -164,6 +164,29 @@ class PreActNet(nn.Module):
 INPUT_SHAPE = (2, 3, 16, 16)
 '''
 
+# a spatial dropout after the global pool: moved before it, it becomes element-wise (Guideline 2)
+CHANNELWISE_HEAD = '''import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.drop = nn.Dropout2d(0.2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn(self.conv(x)))
+        out = F.adaptive_avg_pool2d(out, 1)
+        out = self.drop(out)
+        return self.fc(out.flatten(1))
+
+
+INPUT_SHAPE = (2, 3, 16, 16)
+'''
+
 # name -> (files, target, the file the patch changes, changed lines of --diff)
 CASES = {
     "cifar-resnet18": ({"resnet18.py": RESNET18 + "\nINPUT_SHAPE = (2, 3, 32, 32)\n"}, "resnet18.py:ResNet18",
@@ -173,6 +196,7 @@ CASES = {
     "always-on-head": ({"odd.py": ODD + "\nINPUT_SHAPE = (2, 3, 16, 16)\n"}, "odd.py", "odd.py", 2),
     "sequential-blocks": ({"seqnet.py": SEQUENTIAL_BLOCKS}, "seqnet.py", "seqnet.py", 2),
     "trunk-into-another-class": ({"trunk.py": TRUNK}, "trunk.py", "trunk.py", 4),
+    "channelwise-head": ({"head.py": CHANNELWISE_HEAD}, "head.py", "head.py", 4),
     "package-sibling": ({"pkg/__init__.py": "", "pkg/blocks.py": BLOCK, "pkg/model.py": PACKAGE_MODEL},
                         "pkg.model:Net", "pkg/blocks.py", 2),
 }
@@ -245,6 +269,17 @@ def test_a_move_into_another_class_declares_the_dropout_there(tmp_path: Path) ->
     ]
 
 
+def test_a_channelwise_dropout_moved_before_the_pool_becomes_elementwise(tmp_path: Path) -> None:
+    _write(tmp_path, {"head.py": CHANNELWISE_HEAD})
+    shown = _dropcheck(tmp_path, "fix", "head.py", "--diff")
+    assert _changed_lines(shown.stdout) == [
+        "-        self.drop = nn.Dropout2d(0.2)",
+        "+        self.drop = nn.Dropout(0.2)",
+        "+        out = self.drop(out)",
+        "-        out = self.drop(out)",
+    ]
+
+
 def test_a_model_already_following_the_guidelines_needs_no_patch(tmp_path: Path) -> None:
     _write(tmp_path, {"wrn.py": WIDE_BLOCK + WIDE_NET})
     result = _dropcheck(tmp_path, "fix", "wrn.py")
@@ -301,13 +336,14 @@ def test_in_place_cannot_go_with_an_output_or_a_library_target(tmp_path: Path) -
 
 def test_a_failed_check_writes_nothing_and_names_the_check(tmp_path: Path) -> None:
     # the model reads a file beside it when imported; the checked copy holds only the Python files
-    source = (PREACT_BLOCK + PREACT_NET).replace("    def __init__(self, width=8,", "    def __init__(self, width=WIDTH,")
+    source = (PREACT_BLOCK + PREACT_NET).replace("def __init__(self, width=8,", "def __init__(self, width=WIDTH,")
     source = source.replace("\n\nclass PreActNet", '\nfrom pathlib import Path\n'
                             'WIDTH = int(Path(__file__).with_name("width.txt").read_text())\n\n\nclass PreActNet')
     _write(tmp_path, {"preact.py": source, "width.txt": "8\n"})
     result = _dropcheck(tmp_path, "fix", "preact.py", "--in-place")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1].startswith("nothing written: check failed: fresh import: the patched copy did not load: ")
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("nothing written: check failed: fresh import: the patched copy did not load: ")
     assert "FileNotFoundError" in result.stderr and "width.txt" in result.stderr
     assert (tmp_path / "preact.py").read_text() == source
 

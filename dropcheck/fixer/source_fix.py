@@ -7,7 +7,8 @@ always-on functional dropout is a GateOnTraining, a dropout inside an nn.Sequent
 MoveInSequential (refused where a key would change). One class's `forward` serves all its
 instances, so a class is edited only when every instance of it needs the same edits. Only files
 of the user's project are edited, never torch or an installed package. Whatever cannot be written
-comes back as a NotInSource with the reason; the rest still applies.
+comes back as a NotInSource with the reason; the rest still applies. A channel-wise dropout moved
+before the global pool becomes element-wise (Guideline 2).
 
     edits = plan_source_fix(capture, analysis, plan, project_root)
     for patch in edits.patches: print(patch.diff())
@@ -26,9 +27,9 @@ from torch import nn
 from ..analysis.load import is_library_frame
 from ..records import Analysis, Capture, Change, DropcheckError, NotInSource, Site
 from .plan import Plan, Point
-from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, GateOnTraining, MoveDropout,
-                           MoveInSequential, RemoveDropout, SourcePatch, patch_source, read_source,
-                           write_patch)
+from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, GateOnTraining,
+                           MakeElementwise, MoveDropout, MoveInSequential, RemoveDropout, SourcePatch, patch_source,
+                           read_source, write_patch)
 
 @dataclass(eq=False)  # units are told apart by identity
 class _Unit:
@@ -50,6 +51,10 @@ class SourceEdits:
     @property
     def diff(self) -> str:
         return "".join(patch.diff() for patch in self.patches)
+
+
+_CHANNELWISE = frozenset({"Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "dropout1d", "dropout2d",
+                          "dropout3d", "feature_alpha_dropout"})
 
 
 class _Refused(Exception):
@@ -166,8 +171,18 @@ class _Mapper:
         if place == instance:
             if site.always_on:  # DC006 too: the moved call follows train()/eval() (gated first, where it is)
                 unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
-            unit.edits.append(self._edit(instance, lambda c: MoveDropout(
-                CallSite(c, callee, line=line), to=CallSite(c, to_callee), side=side)))
+            # Guideline 2: a channel-wise dropout moved before the global pool becomes element-wise
+            elementwise = site.op in _CHANNELWISE and point.position in ("H3", "H4")
+            functional = not callee.startswith("self.")
+
+            def move(cls: str) -> EditRequest:
+                request = MoveDropout(CallSite(cls, callee, line=line), to=CallSite(cls, to_callee), side=side,
+                                      elementwise=elementwise and functional)
+                if elementwise and not functional:  # a module changes where it is declared
+                    return AllOf((request, MakeElementwise(cls, callee.removeprefix("self."))))
+                return request
+
+            unit.edits.append(self._edit(instance, move))
             return None
         self._remove(unit, site)
         self._declare_and_apply(unit, point, change.p, change.module)
