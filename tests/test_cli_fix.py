@@ -172,7 +172,8 @@ def _imported_modules(importtime_stderr: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("args", "text"), [
-    (["fix", "examples/preresnet.py"], "-o OUT"),  # no -o without --dry-run
+    (["fix", "timm:resnet18"], "-o OUT"),  # a library target: no -o without --dry-run
+    (["fix", "examples/preresnet.py", "-o", "x", "--in-place"], "--in-place"),
     (["fix", "examples/preresnet.py", "-o", "x", "--p", "1.5"], "--p 1.5"),
     (["fix", "examples/preresnet.py", "-o", "x", "--add", "1"], "--add 1"),
     (["fix", "examples/preresnet.py", "examples/resnet_v1.py", "-o", "x"], "one TARGET"),

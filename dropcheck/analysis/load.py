@@ -61,6 +61,16 @@ def _resolve(spec: str, kwargs: dict[str, Any]) -> tuple[str, Callable[..., Any]
     return origin, factory, getattr(module, "INPUT_SHAPE", None), label
 
 
+def target_location(spec: str) -> tuple[Path, str]:
+    """For the user's own code: the project folder (a file's folder; the working directory for a
+    module) and the spec that names the same target from a copy of that folder."""
+    path_part, sep, name = _split_spec(spec)
+    if path_part.endswith(".py") or os.sep in path_part or "/" in path_part or Path(path_part).is_file():
+        path = Path(path_part).resolve()
+        return path.parent, path.name + sep + name
+    return Path(os.getcwd()).resolve(), spec
+
+
 def _split_spec(spec: str) -> tuple[str, str, str]:
     # rpartition on ':' but keep Windows drive letters ("C:\\m.py") whole
     head, sep, tail = spec.rpartition(":")

@@ -35,8 +35,12 @@ def fix(
     add: Annotated[float | None, typer.Option(
         "--add", metavar="P", show_default=False,
         help="Insert guideline dropout with probability P into every branch and the head that have none.")] = None,
-    diff: Annotated[bool, typer.Option("--diff", help="Print each change with the forward lines it touches "
-                                       "(with --verbose: the whole generated code's diff).")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help=(
+        "Your own code (a file or module target) without -o: print the patch to your source files and write "
+        "nothing. With -o or a library target: each change with the forward lines it touches (with --verbose: "
+        "the whole generated code's diff)."))] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help=(
+        "Apply the patch to your own source files (a file or module target), after checking it."))] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
     force: Annotated[bool, force_option()] = False,
     fmt: Annotated[str, format_option("text or json.")] = "text",
@@ -46,10 +50,14 @@ def fix(
     """Rewrite TARGET to follow Guidelines 1 and 2, verify nothing else changed, and write it to OUT."""
     err = stderr_console()
     try:
-        spec = _check_fix_options(targets, output, dry_run, fmt, p, add)
+        spec = _check_fix_options(targets, output, dry_run, fmt, p, add, in_place)
         kwargs, shape = model_inputs(model_arg, input_shape)
     except DropcheckError as exc:
         fail(err, exc)
+    if _is_user_code(spec) and output is None and (in_place or diff or not dry_run):
+        from .fix_source import fix_in_source  # the user's own files: a patch, not an exported model
+
+        fix_in_source(spec, kwargs, shape, p, add, in_place, diff and not in_place, fmt, verbose, _guard)
     if output is not None and not dry_run:
         _guard(err, spec, fmt, verbose, lambda: check_output(output, force))  # before the model loads
     result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
@@ -71,8 +79,12 @@ def fix(
     raise typer.Exit(EXIT_CLEAN if result.ok else EXIT_ERROR)
 
 
+def _is_user_code(spec: str) -> bool:
+    return not spec.startswith(("timm:", "torchvision:"))
+
+
 def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: bool, fmt: str,
-                       p: float | None, add: float | None) -> str:
+                       p: float | None, add: float | None, in_place: bool = False) -> str:
     """Cheap checks first, so a typo costs no model import; returns the one target."""
     if not targets:
         raise DropcheckError("usage", "no target given", NO_TARGET_HINT.replace("audit", "fix"))
@@ -84,7 +96,12 @@ def _check_fix_options(targets: list[str] | None, output: Path | None, dry_run: 
         if value is not None and not 0 <= value < 1:
             raise DropcheckError("usage", f"{flag} {value:g} is not a dropout probability",
                                  "give a number in [0, 1), e.g. 0.1")
-    if output is None and not dry_run:
+    user = _is_user_code(targets[0])
+    if in_place and (output is not None or dry_run or not user):
+        why = "-o" if output is not None else "--dry-run" if dry_run else "a library target"
+        raise DropcheckError("usage", f"--in-place edits your own source files; it cannot go with {why}",
+                             "drop --in-place, or give a file or module target without -o and --dry-run")
+    if output is None and not dry_run and not user:
         raise DropcheckError("usage", "no output given", "name one with -o OUT (a directory, or a .pt file), "
                              "or pass --dry-run to only see the changes")
     return targets[0]

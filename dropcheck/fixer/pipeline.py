@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..analysis.pipeline import api_target, audit_captured
-from ..records import FixResult, Report, Target
+from ..records import Check, FixResult, Report, SourceFix, Target
 
 
 def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
@@ -55,6 +55,37 @@ def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape:
     from ..analysis.load import load_target
 
     return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add, progress)
+
+
+def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+               p: float | None = None, add: float | None = None,
+               progress: Callable[[str], None] | None = None) -> FixResult:
+    """Fix the user's own code (a file or module target) as a patch to their source files, checked in
+    a fresh Python before anything is written; the FixResult's `source` holds the patches."""
+    from ..analysis.capture import capture_graph
+    from ..analysis.check import repeated_in_branch
+    from ..analysis.load import load_target, target_location
+    from ..analysis.sites import find_sites
+    from .plan import plan_fix
+    from .source_fix import plan_source_fix
+    from .source_verify import verify_source
+
+    target = load_target(spec, model_args, input_shape, weights=True)
+    root, spec_in_copy = target_location(spec)
+    capture = capture_graph(target)
+    analysis = find_sites(capture)
+    plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
+    edits = plan_source_fix(capture, analysis, plan, root)
+    checks: list[Check] = []
+    if edits.patches:
+        if progress is not None:
+            progress("verifying the patched source of")
+        checks = verify_source(target, capture, edits, root, spec_in_copy, dict(model_args or {}),
+                               any(s.always_on for s in analysis.sites), [s.id for s in analysis.sites])
+    source = SourceFix(files=[patch.path for patch in edits.patches], diff=edits.diff,
+                       not_in_source=edits.not_in_source, patches=tuple(edits.patches))
+    return FixResult(target=spec, model=target.model, changes=plan.changes, checks=checks, unfixable=plan.unfixable,
+                     code_before="", code_after="", input_shape=target.input_shape, source=source)
 
 
 def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:

@@ -49,7 +49,7 @@ def verify_fix(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ...], alwa
 
 def _same_eval_outputs(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ...], always_on: bool) -> Check:
     """Compare eval outputs on random inputs shaped like the example."""
-    reference = _reference(capture, always_on)
+    reference = eval_reference(capture, always_on)
     against = "the original with its always-on dropout switched off" if always_on else "the original"
     with eval_mode(capture.root), eval_mode(fixed), torch.no_grad():
         for seed in _SEEDS:
@@ -60,7 +60,8 @@ def _same_eval_outputs(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ..
     return Check("eval outputs", True, f"bit-identical to {against} on {len(_SEEDS)} random inputs")
 
 
-def _reference(capture: Capture, always_on: bool) -> Callable[..., Any]:
+def eval_reference(capture: Capture, always_on: bool) -> Callable[..., Any]:
+    """The original in eval mode; with always-on dropout, its eval graph with that dropout off."""
     if not always_on:
         return capture.root
     # the eval graph with every functional dropout made the identity: eval mode as the author meant it

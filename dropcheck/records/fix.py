@@ -37,6 +37,32 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class NotInSource:
+    """A planned change that `fix` cannot write into the user's source: which site, why, what to do."""
+
+    site: str
+    reason: str
+    hint: str = "write the fixed model with -o OUT instead, or change this line by hand"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "reason": self.reason, "hint": self.hint}
+
+
+@dataclass
+class SourceFix:
+    """The fix as a patch to the user's own files (file and module targets, design §6)."""
+
+    files: list[str]  # the files the patch changes
+    diff: str  # unified diff of those files
+    not_in_source: list[NotInSource]
+    patches: tuple[Any, ...] = ()  # fixer.source_edits.SourcePatch, one per changed file (for --in-place)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": list(self.files), "diff": self.diff,
+                "not_in_source": [n.to_dict() for n in self.not_in_source]}
+
+
 @dataclass
 class FixResult:
     """The fixed model, what changed, and the checks it passed (fix -> report, export, train)."""
@@ -49,6 +75,7 @@ class FixResult:
     code_before: str
     code_after: str
     input_shape: list[int] | None = None
+    source: SourceFix | None = None  # the source patch, for the user's own code without -o
 
     @property
     def ok(self) -> bool:
@@ -133,4 +160,4 @@ class FixResult:
             "changes": [c.to_dict() for c in self.changes],
             "verification": [c.to_dict() for c in self.checks],
             "unfixable": list(self.unfixable),
-        }
+        } | ({"source_patch": self.source.to_dict()} if self.source is not None else {})

@@ -70,3 +70,24 @@ def _change_line(result: FixResult, change: Change) -> Text:
     style = _ACTION_STYLE.get(change.action, "")
     return Text.assemble((change.action, f"bold {style}".strip()), "  ", (subject, "bold"), "  ", detail,
                          "  ", (f"({why})", "dim"))
+
+
+def render_source_fix(result: FixResult, console: Console, show_diff: bool = True) -> None:
+    """The source patch of `fix` on the user's own code: what cannot be written in source (per site,
+    why, what to do), then the unified diff of their files."""
+    source = result.source
+    if source is None:
+        return
+    for item in source.not_in_source:
+        line = f"not in source  {item.site}: {item.reason} ({item.hint})"
+        if console.is_terminal:
+            console.print(Text("  ") + Text(line, style="bold yellow"), soft_wrap=True, highlight=False)
+        else:
+            write_plain(console, "  " + line)
+    if show_diff:
+        render_source_diff(source.diff, console)
+
+
+def render_source_diff(text: str, console: Console) -> None:
+    """The unified diff of the user's files, or a line saying there is none."""
+    _render_diff(text or "(no change to your source files)\n", console)

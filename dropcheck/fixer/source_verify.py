@@ -1,0 +1,101 @@
+"""The patched source, checked in a fresh interpreter before anything is written (design §6).
+
+The project's files that the model imports are copied, package layout kept, into a temporary
+folder with the patched files in their place; a fresh Python (source_worker) imports the target
+from there, builds it with the same constructor arguments and checks it against what this process
+knows of the original: its state_dict loads with strict=True, eval outputs are torch.equal to the
+original's (for always-on dropout: the original with it off) on random inputs, train mode still
+drops, a re-audit shows no DC001-DC004 on the fixed sites, and fixing the patched source again
+changes nothing. Each check is a Check; a worker that cannot even start is one failed check.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..analysis.load import is_library_frame
+from ..records import Capture, Check, Target
+from .source_fix import SourceEdits
+from .verify import eval_mode, eval_reference
+
+SEEDS = (0, 1, 2)
+TIMEOUT_S = 600
+
+
+def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Path, spec: str,
+                  model_args: dict[str, Any], always_on: bool, original_sites: list[str]) -> list[Check]:
+    """Run the checks on the patched copy of the project under `root`; `spec` names the target there.
+    The re-audit looks at the fixed sites and at dropouts the patch added (not in `original_sites`)."""
+    with tempfile.TemporaryDirectory(prefix="dropcheck-verify-") as tmp:
+        tree = Path(tmp) / "project"
+        _copy_project(root.resolve(), tree, edits)
+        inputs = [random_like(target.inputs, seed) for seed in SEEDS]
+        reference = eval_reference(capture, always_on)
+        with eval_mode(capture.root), torch.no_grad():
+            expected = [reference(*x) for x in inputs]
+        payload = Path(tmp) / "payload.pt"
+        torch.save({"spec": spec, "model_args": model_args, "input_shape": list(target.input_shape or []),
+                    "state_dict": capture.root.state_dict(), "inputs": inputs, "expected": expected,
+                    "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on}, payload)
+        env = dict(os.environ)
+        package_parent = str(Path(__file__).resolve().parents[2])  # dropcheck itself, as this process has it
+        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+        try:
+            done = subprocess.run([sys.executable, "-m", "dropcheck.fixer.source_worker", str(payload)], cwd=tree,
+                                  env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return [Check("fresh import", False, f"the patched model did not finish its checks in {TIMEOUT_S} s")]
+    last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
+    try:
+        checks = [Check(**c) for c in json.loads(last[0])] if last else []
+    except (ValueError, TypeError):
+        checks = []
+    if not checks:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [Check("fresh import", False, f"the patched source did not run in a fresh Python: {why}")]
+    return checks
+
+
+def random_like(inputs: tuple[Any, ...], seed: int) -> tuple[Any, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                 if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+
+
+def project_files(root: Path) -> set[Path]:
+    """The project's source files this process has imported (never torch, dropcheck or installed code)."""
+    files = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py") or not os.path.isabs(file) or not os.path.isfile(file):
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(root) and not is_library_frame(str(path)) and \
+                "site-packages" not in path.parts and "dist-packages" not in path.parts:
+            files.add(path)
+    return files
+
+
+def _copy_project(root: Path, tree: Path, edits: SourceEdits) -> None:
+    patched = {Path(p.path).resolve(): p.patched for p in edits.patches}
+    files = project_files(root) | set(patched)
+    for path in sorted(files):
+        rel = path.relative_to(root)
+        for parent in list(rel.parents)[:-1]:  # keep the package layout: each package's __init__.py too
+            init = root / parent / "__init__.py"
+            if init.is_file() and not (tree / parent / "__init__.py").exists():
+                (tree / parent).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(init, tree / parent / "__init__.py")
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        if path in patched:
+            (tree / rel).write_bytes(patched[path].encode("utf-8"))
+        else:
+            shutil.copyfile(path, tree / rel)

@@ -1,0 +1,95 @@
+"""The checks of a patched source, run by source_verify in a fresh Python in the patched copy.
+
+`python -m dropcheck.fixer.source_worker PAYLOAD` (working directory: the copy's root) imports the
+target from the copy, builds it with the original's constructor arguments and prints the checks as
+one JSON list on its last line of stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..analysis.capture import capture_graph
+from ..analysis.catalog import describe_codes, verified_by_fix
+from ..analysis.check import repeated_in_branch
+from ..analysis.load import load_target
+from ..analysis.pipeline import audit_captured
+from ..records import Check, DropcheckError
+from .plan import plan_fix
+from .source_fix import plan_source_fix
+from .verify import eval_mode, same_outputs
+
+
+def run_checks(payload: dict[str, Any]) -> list[Check]:
+    try:
+        target = load_target(payload["spec"], payload["model_args"], tuple(payload["input_shape"]) or None,
+                             weights=True)
+    except DropcheckError as exc:  # load's own words: where the import or the build failed, and how
+        return [Check("fresh import", False, f"the patched copy did not load: {exc.message}")]
+    except Exception as exc:  # noqa: BLE001 - whatever stops the import is the check's answer
+        return [Check("fresh import", False, f"{type(exc).__name__}: {_first_line(exc)}")]
+    model = target.model
+    checks = [Check("fresh import", True, "the patched source imports and builds with the same arguments")]
+    state = payload["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        return checks + [Check("state_dict", False, f"the original's checkpoint does not load: {_first_line(exc)}")]
+    checks.append(Check("state_dict", True, f"the original's {len(state)} keys load with strict=True"))
+    against = "the original with its always-on dropout switched off" if payload["always_on"] else "the original"
+    with eval_mode(model), torch.no_grad():
+        differ = [i for i, (x, y) in enumerate(zip(payload["inputs"], payload["expected"]))
+                  if not same_outputs(y, model(*x))]
+    checks.append(Check("eval outputs", not differ, f"bit-identical to {against} on {len(payload['inputs'])} "
+                        "random inputs" if not differ else f"differ from {against} on random input #{differ[0]}"))
+    capture = capture_graph(target)
+    analysis, report = audit_captured(target, capture, ignores=False)
+    if any(s.active for s in analysis.sites):
+        checks.append(_still_drops(model, payload["inputs"][0]))
+    verified, fixed, before = verified_by_fix(), set(payload["fixed"]), set(payload["original_sites"])
+    left = sorted({f"{f.rule} on {f.dropout}" for f in report.findings
+                   if f.rule in verified and (f.dropout in fixed or f.dropout not in before)})
+    checks.append(Check("re-audit", not left, f"no {describe_codes(verified)} findings on the fixed or added sites"
+                        if not left else "; ".join(left)))
+    plan = plan_fix(capture, analysis, None, None, repeated_in_branch(analysis.sites))
+    again = plan_source_fix(capture, analysis, plan, Path.cwd())
+    changed = [p.path for p in again.patches]
+    checks.append(Check("idempotent", not changed, "fixing the patched source changes nothing" if not changed
+                        else f"a second fix would change {', '.join(changed)}"))
+    return checks
+
+
+def _still_drops(model: torch.nn.Module, inputs: tuple[Any, ...]) -> Check:
+    flags = {m: m.training for m in model.modules()}
+    model.train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
+            first = model(*inputs)
+            torch.manual_seed(1)
+            second = model(*inputs)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    drops = not same_outputs(first, second)
+    return Check("train mode", drops, "still drops: two seeds give different outputs" if drops
+                 else "no dropout is live in train mode: two seeds give the same outputs")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def main(argv: list[str]) -> int:
+    payload = torch.load(argv[0], weights_only=False)
+    print(json.dumps([c.to_dict() for c in run_checks(payload)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
