@@ -68,20 +68,24 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
     from ..analysis.sites import find_sites
     from .plan import plan_fix
     from .source_fix import plan_source_fix
-    from .source_verify import verify_source
+    from .source_verify import Worker, verify_source
 
-    target = load_target(spec, model_args, input_shape, weights=True)
-    root, spec_in_copy = target_location(spec)
-    capture = capture_graph(target)
-    analysis = find_sites(capture)
-    plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
-    edits = plan_source_fix(capture, analysis, plan, root)
-    checks: list[Check] = []
-    if edits.patches:
-        if progress is not None:
-            progress("verifying the patched source of")
-        checks = verify_source(target, capture, edits, root, spec_in_copy, dict(model_args or {}),
-                               any(s.always_on for s in analysis.sites), [s.id for s in analysis.sites])
+    worker = Worker()  # started now: its imports overlap the load, the trace and the plan
+    try:
+        target = load_target(spec, model_args, input_shape, weights=True)
+        root, spec_in_copy = target_location(spec)
+        capture = capture_graph(target)
+        analysis = find_sites(capture)
+        plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
+        edits = plan_source_fix(capture, analysis, plan, root)
+        checks: list[Check] = []
+        if edits.patches:
+            if progress is not None:
+                progress("verifying the patched source of")
+            checks = verify_source(target, capture, edits, root, spec_in_copy, dict(model_args or {}),
+                                   any(s.always_on for s in analysis.sites), [s.id for s in analysis.sites], worker)
+    finally:
+        worker.close()
     source = SourceFix(files=[patch.path for patch in edits.patches], diff=edits.diff,
                        not_in_source=edits.not_in_source, patches=tuple(edits.patches))
     return FixResult(target=spec, model=target.model, changes=plan.changes, checks=checks, unfixable=plan.unfixable,

@@ -24,14 +24,45 @@ import torch
 from ..analysis.load import is_library_frame
 from ..records import Capture, Check, Target
 from .source_fix import SourceEdits
-from .verify import eval_mode, eval_reference
+from .verify import VERIFY_THREADS, capped_threads, eval_mode, eval_reference
 
 SEEDS = (0, 1, 2)
 TIMEOUT_S = 600
 
 
+class Worker:
+    """The fresh Python the checks run in, started before the fix's own work so that its imports
+    (torch, dropcheck: seconds) overlap it; it waits for one request on stdin."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        package_parent = str(Path(__file__).resolve().parents[2])  # dropcheck itself, as this process has it
+        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
+        self._empty = tempfile.mkdtemp(prefix="dropcheck-worker-")  # its start folder: nothing to import there
+        self._process = subprocess.Popen([sys.executable, "-m", "dropcheck.fixer.source_worker"], cwd=self._empty,
+                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+
+    def run(self, payload: Path, tree: Path) -> tuple[str, str] | None:
+        """The worker's stdout and stderr for one request; None when it ran past TIMEOUT_S."""
+        request = json.dumps({"payload": str(payload), "tree": str(tree)}) + "\n"
+        try:
+            return self._process.communicate(request, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
+        shutil.rmtree(self._empty, ignore_errors=True)
+
+
 def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Path, spec: str,
-                  model_args: dict[str, Any], always_on: bool, original_sites: list[str]) -> list[Check]:
+                  model_args: dict[str, Any], always_on: bool, original_sites: list[str],
+                  worker: Worker | None = None) -> list[Check]:
     """Run the checks on the patched copy of the project under `root`; `spec` names the target there.
     The re-audit looks at the fixed sites and at dropouts the patch added (not in `original_sites`)."""
     with tempfile.TemporaryDirectory(prefix="dropcheck-verify-") as tmp:
@@ -39,27 +70,24 @@ def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Pa
         _copy_project(root.resolve(), tree, edits)
         inputs = [random_like(target.inputs, seed) for seed in SEEDS]
         reference = eval_reference(capture, always_on)
-        with eval_mode(capture.root), torch.no_grad():
+        # the worker runs on VERIFY_THREADS too: bit-identity is only promised at one thread count
+        with eval_mode(capture.root), torch.no_grad(), capped_threads(VERIFY_THREADS):
             expected = [reference(*x) for x in inputs]
         payload = Path(tmp) / "payload.pt"
         torch.save({"spec": spec, "model_args": model_args, "input_shape": list(target.input_shape or []),
                     "state_dict": capture.root.state_dict(), "inputs": inputs, "expected": expected,
                     "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on}, payload)
-        env = dict(os.environ)
-        package_parent = str(Path(__file__).resolve().parents[2])  # dropcheck itself, as this process has it
-        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
-        try:
-            done = subprocess.run([sys.executable, "-m", "dropcheck.fixer.source_worker", str(payload)], cwd=tree,
-                                  env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+        done = (worker or Worker()).run(payload, tree)
+        if done is None:
             return [Check("fresh import", False, f"the patched model did not finish its checks in {TIMEOUT_S} s")]
-    last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
+    stdout, stderr = done
+    last = stdout.strip().splitlines()[-1:] if stdout.strip() else []
     try:
         checks = [Check(**c) for c in json.loads(last[0])] if last else []
     except (ValueError, TypeError):
         checks = []
     if not checks:
-        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        why = (stderr.strip().splitlines() or ["no output"])[-1]
         return [Check("fresh import", False, f"the patched source did not run in a fresh Python: {why}")]
     return checks
 

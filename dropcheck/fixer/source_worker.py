@@ -1,12 +1,14 @@
 """The checks of a patched source, run by source_verify in a fresh Python in the patched copy.
 
-`python -m dropcheck.fixer.source_worker PAYLOAD` (working directory: the copy's root) imports the
-target from the copy, builds it with the original's constructor arguments and prints the checks as
-one JSON list on its last line of stdout.
+`python -m dropcheck.fixer.source_worker` imports torch and dropcheck, then waits for one request
+on stdin, `{"payload": PATH, "tree": DIR}` (so the imports overlap the fixing process's own work);
+it then imports the target from the copy in DIR, builds it with the original's constructor arguments
+and prints the checks as one JSON list on its last line of stdout.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from ..analysis.pipeline import audit_captured
 from ..records import Check, DropcheckError
 from .plan import plan_fix
 from .source_fix import plan_source_fix
-from .verify import eval_mode, same_outputs
+from .verify import VERIFY_THREADS, eval_mode, same_outputs
 
 
 def run_checks(payload: dict[str, Any]) -> list[Check]:
@@ -85,11 +87,18 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def main(argv: list[str]) -> int:
-    payload = torch.load(argv[0], weights_only=False)
+def main() -> int:
+    torch.set_num_threads(min(VERIFY_THREADS, torch.get_num_threads()))  # as the expected outputs were made
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0  # the fixing process needed no check after all
+    request = json.loads(line)
+    os.chdir(request["tree"])  # the copy's root: file specs are relative to it, and its packages import
+    sys.path.insert(0, request["tree"])
+    payload = torch.load(request["payload"], weights_only=False)
     print(json.dumps([c.to_dict() for c in run_checks(payload)]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -29,12 +29,12 @@ from ..analysis.catalog import describe_codes, verified_by_fix
 from ..records import Capture, Check, Report, Site
 
 _SEEDS = (0, 1, 2)
-_THREADS = 1
+VERIFY_THREADS = 1  # the checks' forwards: one intra-op thread (a busy machine's spinning threads cost more)
 
 
 def verify_fix(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ...], always_on: bool,
                reaudit: Callable[[nn.Module], tuple[Report, int]], sites: Sequence[Site] = ()) -> list[Check]:
-    with _threads(_THREADS):
+    with capped_threads(VERIFY_THREADS):
         checks = [_same_eval_outputs(capture, fixed, inputs, always_on), _same_state_dict(capture.root, fixed),
                   _train_mode_drops(fixed, inputs, sites)]
         report, changes = reaudit(fixed)
@@ -190,7 +190,7 @@ def same_outputs(a: Any, b: Any) -> bool:
 
 
 @contextmanager
-def _threads(n: int) -> Iterator[None]:
+def capped_threads(n: int) -> Iterator[None]:
     """torch's intra-op thread count capped at `n` for the duration, restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(min(n, before))
