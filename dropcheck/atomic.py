@@ -34,8 +34,9 @@ def write_atomic(path: Path, text: str) -> None:
     write_with(path, write)
 
 
-def write_with(path: Path, write: Callable[[str], None]) -> None:
-    """Let `write(temp_path)` fill a temporary file, then move it over `path` in one step."""
+def write_with(path: Path, write: Callable[[str], None], mode: int | None = None) -> None:
+    """Let `write(temp_path)` fill a temporary file, then move it over `path` in one step. The file
+    gets `mode` (to keep a user's file's own), else the usual mode under the umask."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,7 +46,7 @@ def write_with(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(temp)
-        os.chmod(temp, 0o666 & ~umask())  # mkstemp makes 0600; give the file a normal mode
+        os.chmod(temp, 0o666 & ~umask() if mode is None else mode)  # mkstemp makes 0600
         os.replace(temp, path)
     except OSError as exc:
         raise DropcheckError("output", f"cannot write {path}: {exc.strerror}",

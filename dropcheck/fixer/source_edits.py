@@ -13,18 +13,17 @@ only over the very text it was made from.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePath
 
 import libcst as cst
 
+from ..atomic import write_with
 from ..records import DropcheckError
 from .source_calls import apply_dropout, gate_on_training, move_dropout, remove_dropout
 from .source_declarations import declare_dropout, make_elementwise, move_in_sequential, sequential_key_renames
@@ -194,22 +193,12 @@ def _diff_lines(text: str) -> list[str]:
 
 
 def _replace_atomically(target: Path, data: bytes) -> None:
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {target}: {exc.strerror}",
-                             "check the folder's permissions") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """`target` holds `data` or is untouched (atomic.py's temp file and rename), keeping the file's mode."""
+
+    def fill(temp: str) -> None:
+        with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)  # the user's file keeps its mode (mkstemp makes 0600)
-        os.replace(temp, target)
-    except OSError as exc:
-        raise DropcheckError("output", f"cannot write {target}: {exc.strerror}",
-                             "check the path and permissions") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+            os.fsync(handle.fileno())  # the user's own source: on disk before it replaces the original
+
+    write_with(target, fill, mode=stat.S_IMODE(target.stat().st_mode))
