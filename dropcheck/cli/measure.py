@@ -14,8 +14,9 @@ from ..output.progress import step_progress
 from ..records import DropcheckError, Report
 from .errors import EXIT_CLEAN, EXIT_ERROR, fail, print_tracebacks
 from .interrupts import exit_on_interrupt
+from ..output.figures import require_matplotlib
 from .options import (BasicFormatOption, DeviceOption, ModelArgsOption, TargetsArg, check_format, check_report_path,
-                      check_targets, input_shape_option, model_inputs, require_matplotlib, verbose_option)
+                      check_targets, input_shape_option, model_inputs, verbose_option)
 from .streams import emit, stderr_console, stdout_to_stderr
 
 DATA_HELP = "normal (N(0,1), like the paper's module tests), digits (scikit-learn's, bundled) or imagefolder:PATH."

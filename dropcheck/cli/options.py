@@ -2,7 +2,6 @@
 run before torch loads, so a typo costs no model import."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,13 +68,4 @@ def check_report_path(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise DropcheckError("usage", f"--output {path}: directory {parent} does not exist", "create it first")
-
-
-def require_matplotlib() -> None:
-    """--plot draws with matplotlib: say how to install it before a long run, not after it."""
-    try:
-        importlib.import_module("matplotlib")
-    except ImportError as exc:
-        raise DropcheckError("dependency", "--plot needs matplotlib, which is not installed",
-                             "pip install dropcheck[plot]") from exc
 

@@ -13,7 +13,8 @@ from ..output.progress import reproduce_progress
 from ..records import DropcheckError
 from .errors import fail
 from .interrupts import exit_on_interrupt
-from .options import BasicFormatOption, DeviceOption, check_format, check_report_path, require_matplotlib
+from ..output.figures import require_matplotlib
+from .options import BasicFormatOption, DeviceOption, check_format, check_report_path
 from .streams import stderr_console
 
 _FIGURES = ("fig1", "fig3", "prop5")  # = measurement.reproduce.FIGURES, repeated so a typo costs no torch import

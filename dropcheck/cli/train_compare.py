@@ -14,8 +14,9 @@ from ..measurement.device import check_device
 from ..records import DropcheckError
 from .errors import EXIT_CLEAN, fail, one_line_errors
 from .interrupts import exit_on_interrupt
+from ..output.figures import require_matplotlib
 from .options import (DeviceOption, ModelArgsOption, check_format, force_option, format_option, input_shape_option,
-                      model_inputs, require_matplotlib, verbose_option)
+                      model_inputs, verbose_option)
 from .streams import stderr_console, stdout_to_stderr
 
 _FORMATS = ("text", "json", "markdown")

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,23 @@ def plot_reproduction(result: Reproduction, path: Path) -> Path:
     return path
 
 
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display needed), or a usage error saying how to get it."""
+def require_matplotlib() -> None:
+    """--plot draws with matplotlib: the CLI asks before a long run, not after it."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        importlib.import_module("matplotlib")
     except ImportError as exc:
-        raise DropcheckError("usage", "--plot needs matplotlib", "pip install 'dropcheck[plot]'") from exc
+        raise DropcheckError("dependency", "--plot needs matplotlib, which is not installed",
+                             "pip install dropcheck[plot]") from exc
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 
