@@ -16,6 +16,7 @@ from ..output.progress import step_progress
 from ..output.text.fix import render_fix, render_fix_outcome
 from ..records import DropcheckError, FixResult
 from .errors import EXIT_CLEAN, EXIT_ERROR, as_error, fail, print_traceback
+from .fix_checkpoint import check_checkpoint_options
 from .interrupts import exit_on_interrupt
 from .options import (NO_TARGET_HINT, InputShapeOption, ModelArgsOption, TargetsArg, check_format, force_option,
                       format_option, model_inputs, verbose_option)
@@ -42,6 +43,14 @@ def fix(
     in_place: Annotated[bool, typer.Option("--in-place", help=(
         "Apply the patch to your own source files (a file or module target), after checking it."))] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", metavar="OLD", show_default=False, help=(
+            "Your checkpoint of this model: lets the source patch move a dropout within an nn.Sequential past "
+            "layers with weights, which renames their state_dict keys; the key mapping is shown, and with "
+            "--in-place the converted checkpoint is written to --checkpoint-out."))] = None,
+    checkpoint_out: Annotated[Path | None, typer.Option(
+        "--checkpoint-out", metavar="NEW", show_default=False,
+        help="Where the converted checkpoint goes (with --checkpoint; never over OLD).")] = None,
     force: Annotated[bool, force_option()] = False,
     fmt: Annotated[str, format_option("text or json.")] = "text",
     verbose: Annotated[bool, verbose_option("Show the traceback of a failure; with --diff, the whole "
@@ -51,13 +60,16 @@ def fix(
     err = stderr_console()
     try:
         spec = _check_fix_options(targets, output, dry_run, fmt, p, add, in_place)
+        in_source = _is_user_code(spec) and output is None and (in_place or diff or not dry_run)
+        check_checkpoint_options(checkpoint, checkpoint_out, in_source, force)
         kwargs, shape = model_inputs(model_arg, input_shape)
     except DropcheckError as exc:
         fail(err, exc)
-    if _is_user_code(spec) and output is None and (in_place or diff or not dry_run):
+    if in_source:
         from .fix_source import fix_in_source  # the user's own files: a patch, not an exported model
 
-        fix_in_source(spec, kwargs, shape, p, add, in_place, diff and not in_place, fmt, verbose, _guard)
+        fix_in_source(spec, kwargs, shape, p, add, in_place, diff and not in_place, fmt, verbose, _guard,
+                      (checkpoint, checkpoint_out) if checkpoint is not None else None)
     if output is not None and not dry_run:
         _guard(err, spec, fmt, verbose, lambda: check_output(output, force))  # before the model loads
     result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..analysis.pipeline import api_target, audit_captured
@@ -59,13 +60,17 @@ def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape:
 
 def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
                p: float | None = None, add: float | None = None,
-               progress: Callable[[str], None] | None = None) -> FixResult:
+               progress: Callable[[str], None] | None = None, checkpoint: Path | None = None,
+               checkpoint_out: Path | None = None) -> FixResult:
     """Fix the user's own code (a file or module target) as a patch to their source files, checked in
-    a fresh Python before anything is written; the FixResult's `source` holds the patches."""
+    a fresh Python before anything is written; the FixResult's `source` holds the patches. With a
+    `checkpoint` (checked against the model first), edits that rename state_dict keys are allowed and
+    the source holds the key mapping and the checkpoint to convert."""
     from ..analysis.capture import capture_graph
     from ..analysis.check import repeated_in_branch
     from ..analysis.load import load_target, target_location
     from ..analysis.sites import find_sites
+    from .checkpoint import read_checkpoint
     from .plan import plan_fix
     from .source_fix import plan_source_fix
     from .source_verify import Worker, verify_source
@@ -74,10 +79,11 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
     try:
         target = load_target(spec, model_args, input_shape, weights=True)
         root, spec_in_copy = target_location(spec)
+        loaded = read_checkpoint(checkpoint, target.model.state_dict().keys()) if checkpoint is not None else None
         capture = capture_graph(target)
         analysis = find_sites(capture)
         plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
-        edits = plan_source_fix(capture, analysis, plan, root)
+        edits = plan_source_fix(capture, analysis, plan, root, allow_renames=loaded is not None)
         checks: list[Check] = []
         if edits.patches:
             if progress is not None:
@@ -87,7 +93,9 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
     finally:
         worker.close()
     source = SourceFix(files=[patch.path for patch in edits.patches], diff=edits.diff,
-                       not_in_source=edits.not_in_source, patches=tuple(edits.patches))
+                       not_in_source=edits.not_in_source, patches=tuple(edits.patches), notes=edits.notes,
+                       key_map=edits.key_map, checkpoint=loaded,
+                       checkpoint_out=str(checkpoint_out) if checkpoint_out is not None else None)
     return FixResult(target=spec, model=target.model, changes=plan.changes, checks=checks, unfixable=plan.unfixable,
                      code_before="", code_after="", input_shape=target.input_shape, source=source)
 

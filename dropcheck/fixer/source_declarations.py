@@ -38,7 +38,7 @@ def declare_dropout(index: SourceIndex, request: DeclareDropout) -> cst.Module:
             raise CannotEdit(f"`{name}` is not a Python name")
     init = index.find_method(request.cls, "__init__")
     self_name = index.self_name(init)
-    existing = _assignments(init, self_name, request.attribute)
+    existing = assignments(init, self_name, request.attribute)
     if existing:
         raise CannotEdit(f"{self_name}.{request.attribute} is already assigned in {request.cls}.__init__ "
                          f"(line {index.line(existing[0])}); choose another attribute name")
@@ -49,7 +49,7 @@ def declare_dropout(index: SourceIndex, request: DeclareDropout) -> cst.Module:
             raise CannotEdit(f"{request.cls}.__init__ is written on one line; add the dropout by hand")
         anchor = init.body.body[-1]
     else:
-        found = _assignments(init, self_name, request.after)
+        found = assignments(init, self_name, request.after)
         if not found:
             raise CannotEdit(f"{request.cls}.__init__ assigns no {self_name}.{request.after} to put the dropout after")
         anchor = next(a for a in index.ancestors(found[0]) if index.parent(a) is init.body)
@@ -59,10 +59,10 @@ def declare_dropout(index: SourceIndex, request: DeclareDropout) -> cst.Module:
 def make_elementwise(index: SourceIndex, request: MakeElementwise) -> cst.Module:
     init = index.find_method(request.cls, "__init__")
     self_name = index.self_name(init)
-    values = [a.value for a in _assignments(init, self_name, request.attribute)]
+    values = [a.value for a in assignments(init, self_name, request.attribute)]
     where = f"{self_name}.{request.attribute}"
     if request.element is not None:
-        arguments = _sequential_arguments(index, _sequential_literal(index, values, where), where)
+        arguments = sequential_arguments(index, sequential_literal(index, values, where), where)
         if not 0 <= request.element < len(arguments):
             raise CannotEdit(f"{where} has {len(arguments)} elements; there is no element {request.element}")
         values = [arguments[request.element].value]
@@ -87,8 +87,8 @@ def move_in_sequential(index: SourceIndex, request: MoveInSequential) -> cst.Mod
     method = index.find_method(request.cls, request.method)
     self_name = index.self_name(method)
     where = f"{self_name}.{request.attribute}"
-    literal = _sequential_literal(index, [a.value for a in _assignments(method, self_name, request.attribute)], where)
-    arguments = _sequential_arguments(index, literal, where)
+    literal = sequential_literal(index, [a.value for a in assignments(method, self_name, request.attribute)], where)
+    arguments = sequential_arguments(index, literal, where)
     size = len(arguments)
     if not (0 <= request.index < size and 0 <= request.to_index < size):
         raise CannotEdit(f"{where} has {size} elements; cannot move {request.index} to {request.to_index}")
@@ -124,7 +124,7 @@ def sequential_key_renames(has_state: Sequence[bool], index: int, to_index: int)
 # -- nn.Sequential literals ------------------------------------------------------------------------
 
 
-def _sequential_literal(index: SourceIndex, values: list[cst.BaseExpression], where: str) -> cst.Call:
+def sequential_literal(index: SourceIndex, values: list[cst.BaseExpression], where: str) -> cst.Call:
     if len(values) != 1:
         raise CannotEdit(f"{where} is assigned {len(values)} times in this method; expected one nn.Sequential(...)")
     value = values[0]
@@ -134,7 +134,7 @@ def _sequential_literal(index: SourceIndex, values: list[cst.BaseExpression], wh
     return value
 
 
-def _sequential_arguments(index: SourceIndex, literal: cst.Call, where: str) -> Sequence[cst.Arg]:
+def sequential_arguments(index: SourceIndex, literal: cst.Call, where: str) -> Sequence[cst.Arg]:
     if any(a.star or a.keyword is not None for a in literal.args):
         raise CannotEdit(f"{where} is built from *layers, so its indices are not in the source")
     if len(literal.args) == 1 and isinstance(literal.args[0].value, cst.Call) and (
@@ -157,12 +157,12 @@ def _reordered(arguments: Sequence[cst.Arg], index: int, to_index: int) -> list[
     if order[-1] is not last:
         at = next(i for i, a in enumerate(order) if a is last)
         new_last = order[-1]
-        order[-1] = new_last.with_changes(comma=_comma_keeping_comment(last.comma, new_last.comma))
-        order[at] = last.with_changes(comma=_comma_keeping_comment(new_last.comma, last.comma))
+        order[-1] = new_last.with_changes(comma=comma_keeping_comment(last.comma, new_last.comma))
+        order[at] = last.with_changes(comma=comma_keeping_comment(new_last.comma, last.comma))
     return order
 
 
-def _comma_keeping_comment(comma: cst.Comma | cst.MaybeSentinel,
+def comma_keeping_comment(comma: cst.Comma | cst.MaybeSentinel,
                            own: cst.Comma | cst.MaybeSentinel) -> cst.Comma | cst.MaybeSentinel:
     """`comma` (punctuation and line break), carrying the comment that followed `own`."""
     if isinstance(comma, cst.Comma) and isinstance(comma.whitespace_after, cst.ParenthesizedWhitespace):
@@ -175,7 +175,7 @@ def _comma_keeping_comment(comma: cst.Comma | cst.MaybeSentinel,
 # -- declarations and torch.nn ---------------------------------------------------------------------
 
 
-def _assignments(method: cst.FunctionDef, self_name: str, attribute: str) -> list[cst.CSTNode]:
+def assignments(method: cst.FunctionDef, self_name: str, attribute: str) -> list[cst.CSTNode]:
     """Every `self.<attribute> = ...` (or annotated) in the method, in source order."""
     target = m.Attribute(value=m.Name(self_name), attr=m.Name(attribute))
     plain = m.Assign(targets=[m.ZeroOrMore(), m.AssignTarget(target=target), m.ZeroOrMore()])

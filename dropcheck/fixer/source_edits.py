@@ -28,12 +28,16 @@ from ..records import DropcheckError
 from .source_calls import apply_dropout, gate_on_training, move_dropout, remove_dropout
 from .source_declarations import declare_dropout, make_elementwise, move_in_sequential, sequential_key_renames
 from .source_locate import CannotEdit, SourceIndex
+from .source_probability import set_dropout_p
 from .source_requests import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, EditResult, GateOnTraining,
-                              MakeElementwise, MoveDropout, MoveInSequential, RemoveDropout)
+                              MakeElementwise, MoveDropout, MoveInSequential, RemoveDropout, ReorderSequential,
+                              SetDropoutP)
+from .source_sequential import reorder_sequential, sequential_order
 
 __all__ = ["AllOf", "ApplyDropout", "CallSite", "DeclareDropout", "EditRequest", "EditResult", "GateOnTraining",
-           "MakeElementwise", "MoveDropout", "MoveInSequential", "RemoveDropout", "SourcePatch", "patch_source",
-           "read_source", "sequential_key_renames", "source_hash", "write_patch"]
+           "MakeElementwise", "MoveDropout", "MoveInSequential", "RemoveDropout", "ReorderSequential", "SetDropoutP",
+           "SourcePatch", "patch_source", "read_source", "sequential_key_renames", "sequential_order", "source_hash",
+           "write_patch"]
 
 _EDITS: dict[type, Callable[[SourceIndex, EditRequest], cst.Module]] = {
     RemoveDropout: remove_dropout,
@@ -43,6 +47,8 @@ _EDITS: dict[type, Callable[[SourceIndex, EditRequest], cst.Module]] = {
     GateOnTraining: gate_on_training,
     MakeElementwise: make_elementwise,
     MoveInSequential: move_in_sequential,
+    ReorderSequential: reorder_sequential,
+    SetDropoutP: set_dropout_p,
 }
 
 

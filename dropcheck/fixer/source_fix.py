@@ -4,7 +4,9 @@
 in the class whose `forward` makes the call: a moved dropout is a MoveDropout (or, when its new
 place is in another module, RemoveDropout there and DeclareDropout + ApplyDropout here), an
 always-on functional dropout is a GateOnTraining, a dropout inside an nn.Sequential literal is a
-MoveInSequential (refused where a key would change). One class's `forward` serves all its
+ReorderSequential (refused where a state_dict key would change, unless a checkpoint is converted
+alongside: `allow_renames`, then `key_map` lists the renamed keys). A p the plan changes is written
+where the source has it as a number (SetDropoutP; source_keys). One class's `forward` serves all its
 instances, so a class is edited only when every instance of it needs the same edits. Only files
 of the user's project are edited, never torch or an installed package. Whatever cannot be written
 comes back as a NotInSource with the reason; the rest still applies. A channel-wise dropout moved
@@ -25,11 +27,14 @@ import torch
 from torch import nn
 
 from ..analysis.load import is_library_frame
-from ..records import Analysis, Capture, Change, DropcheckError, NotInSource, Site
+from ..records import Analysis, Capture, Change, DropcheckError, NotInSource, Site, SourceNote
 from .plan import Plan, Point
 from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, GateOnTraining,
-                           MakeElementwise, MoveDropout, MoveInSequential, RemoveDropout, SourcePatch, patch_source,
-                           read_source, write_patch)
+                           MakeElementwise, MoveDropout, RemoveDropout, ReorderSequential, SetDropoutP, SourcePatch,
+                           patch_source, read_source, write_patch)
+from .source_keys import CHECKPOINT_HINT, PEdit, even_p_edits, key_map, merge_reorders, new_index
+from .source_probability import KEPT
+from .source_sequential import order_renames, sequential_order
 
 @dataclass(eq=False)  # units are told apart by identity
 class _Unit:
@@ -38,6 +43,9 @@ class _Unit:
     sites: tuple[str, ...]
     edits: list[tuple[type, str, EditRequest]] = field(default_factory=list)  # (class, instance, request)
     refusal: str = ""
+    hint: str = ""  # what the user can do about the refusal ("" for the usual: -o, or by hand)
+    p_edits: list[PEdit] = field(default_factory=list)  # the p it writes, if every instance agrees
+    notes: list[SourceNote] = field(default_factory=list)
 
 
 @dataclass
@@ -47,6 +55,9 @@ class SourceEdits:
     patches: list[SourcePatch]
     fixed: list[str]
     not_in_source: list[NotInSource]
+    notes: list[SourceNote] = field(default_factory=list)
+    key_map: dict[str, str] = field(default_factory=dict)  # old -> new state_dict key, the renamed ones
+    p_written: list[tuple[str, float]] = field(default_factory=list)  # (dropout module after the fix, p)
 
     @property
     def diff(self) -> str:
@@ -58,24 +69,54 @@ _CHANNELWISE = frozenset({"Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDr
 
 
 class _Refused(Exception):
-    pass
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(reason)
+        self.hint = hint
 
 
-def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path) -> SourceEdits:
-    """Source edits for `plan` in the files under `root` (the user's project)."""
-    mapper = _Mapper(capture, {s.id: s for s in analysis.sites}, plan, root.resolve())
+@dataclass
+class _Patched:
+    patches: list[SourcePatch]
+    refused: dict[_Unit, tuple[str, str]]  # unit -> (reason, hint)
+    notes: list[SourceNote]
+    reorders: dict[tuple[Path, str, str], ReorderSequential]  # (file, class, attribute) -> the merged request
+    p_written: list[PEdit]
+
+
+def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path,
+                    allow_renames: bool = False) -> SourceEdits:
+    """Source edits for `plan` in the files under `root` (the user's project). With `allow_renames`
+    (a checkpoint is converted alongside), an nn.Sequential may be reordered past elements with state."""
+    mapper = _Mapper(capture, {s.id: s for s in analysis.sites}, plan, root.resolve(), allow_renames)
     units = [mapper.unit(change) for change in plan.changes]
     units = [u for u in units if u is not None]
     while True:  # each round refuses at least one more unit, or ends: a refusal can make a class uneven
         _refuse_uneven_classes(capture.root, units)
-        patches, refused = _patch_files(mapper, [u for u in units if not u.refusal])
-        if not refused:
+        live = [u for u in units if not u.refusal]
+        p_edits, p_notes = even_p_edits(capture.root, (e for u in live for e in u.p_edits))
+        done = _patch_files(mapper, live, p_edits)
+        if not done.refused:
             break
-        for unit, reason in refused.items():
-            unit.refusal = reason
-    missing = [NotInSource(site, unit.refusal) for unit in units if unit.refusal for site in unit.sites]
-    fixed = [site for unit in units if not unit.refusal for site in unit.sites]
-    return SourceEdits([p for p in patches if p.changed], fixed, missing)
+        for unit, (reason, hint) in done.refused.items():
+            unit.refusal, unit.hint = reason, hint
+    missing = [NotInSource(site, unit.refusal, *([unit.hint] if unit.hint else []))
+               for unit in units if unit.refusal for site in unit.sites]
+    fixed = [site for unit in live for site in unit.sites]
+    notes = [n for unit in live for n in unit.notes] + p_notes + done.notes
+    reordered = {}  # each reordered Sequential of the model (qualname) -> its merged request
+    for unit in live:
+        for cls, instance, request in unit.edits:
+            if isinstance(request, ReorderSequential):
+                merged = done.reorders[(mapper.files[cls], request.cls, request.attribute)]
+                reordered[_join(instance, request.attribute)] = merged
+    written = [(_join(e.sequential, str(new_index(reordered.get(e.sequential), int(e.module)))) if e.sequential
+                is not None else e.module, e.request.p) for e in done.p_written]
+    return SourceEdits([p for p in done.patches if p.changed], fixed, missing, notes,
+                       key_map(capture.root.state_dict().keys(), reordered.items()), written)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
 
 
 def _refuse_uneven_classes(root: nn.Module, units: list[_Unit]) -> None:
@@ -102,30 +143,59 @@ def _refuse_uneven_classes(root: nn.Module, units: list[_Unit]) -> None:
                 unit.refusal = reason
 
 
-def _patch_files(mapper: "_Mapper", units: list[_Unit]) -> tuple[list[SourcePatch], dict[_Unit, str]]:
+def _patch_files(mapper: "_Mapper", units: list[_Unit], p_edits: list[PEdit]) -> _Patched:
     by_file: dict[Path, list[EditRequest]] = defaultdict(list)
     owner: dict[tuple[Path, EditRequest], list[_Unit]] = defaultdict(list)
+    p_owner: dict[tuple[Path, EditRequest], list[PEdit]] = defaultdict(list)
+    for edit in p_edits:  # first: p is edited where it stands, before anything moves
+        path = mapper.files[edit.cls]
+        if edit.request not in by_file[path]:
+            by_file[path].append(edit.request)
+        p_owner[(path, edit.request)].append(edit)
+    reorders: dict[tuple[Path, str, str], ReorderSequential] = {}
+    for cls, _, request in (edit for unit in units for edit in unit.edits):
+        if isinstance(request, ReorderSequential):
+            key = (mapper.files[cls], request.cls, request.attribute)
+            reorders[key] = merge_reorders(reorders[key], request) if key in reorders else request
+    last: dict[Path, list[EditRequest]] = defaultdict(list)  # the reorders: other edits name elements by index
     for unit in units:
         for cls, _, request in unit.edits:
             path = mapper.files[cls]
-            if request not in by_file[path]:
+            if isinstance(request, ReorderSequential):  # moves on one literal go together
+                request = reorders[(path, request.cls, request.attribute)]
+                if request not in last[path]:
+                    last[path].append(request)
+            elif request not in by_file[path]:
                 by_file[path].append(request)
             owner[(path, request)].append(unit)
-    patches, refused = [], {}
+    for path, requests in last.items():
+        by_file[path].extend(requests)
+    done = _Patched([], {}, [], reorders, [])
     for path, requests in by_file.items():
         patch = patch_source(mapper.text(path), requests, _shown(path))
-        patches.append(patch)
-        for result in patch.refused:
-            for unit in owner[(path, result.request)]:
-                refused.setdefault(unit, f"{result.request.__class__.__name__} refused: {result.reason}")
-    return patches, refused
+        done.patches.append(patch)
+        for result in patch.results:
+            for edit in p_owner[(path, result.request)]:
+                if result.applied:
+                    done.p_written.append(edit)
+                else:
+                    done.notes.append(SourceNote(edit.site, result.reason if result.reason.startswith(KEPT) else
+                                                 f"p stays as written ({result.reason}); the fix wants "
+                                                 f"p={edit.request.p:g} here"))
+            for unit in owner[(path, result.request)] if not result.applied else ():
+                renames = "rename state_dict keys" in result.reason
+                done.refused.setdefault(unit, (f"{result.request.__class__.__name__} refused: {result.reason}",
+                                               CHECKPOINT_HINT if renames else ""))
+    return done
 
 
 class _Mapper:
     """Plan terms (train-graph nodes, module qualnames) -> source terms (class, call, line)."""
 
-    def __init__(self, capture: Capture, sites: dict[str, Site], plan: Plan, root: Path) -> None:
+    def __init__(self, capture: Capture, sites: dict[str, Site], plan: Plan, root: Path,
+                 allow_renames: bool = False) -> None:
         self.capture, self.sites, self.plan, self.root = capture, sites, plan, root
+        self.allow_renames = allow_renames
         self.points = {module: point for point, (_, module, _) in plan.insertions.items()}
         self.files: dict[type, Path] = {}
         self._texts: dict[Path, str] = {}
@@ -140,10 +210,12 @@ class _Mapper:
         try:
             if change.action == "convert":
                 site = self.sites[change.dropout]
-                if not site.always_on:
+                if not site.always_on and change.p == site.p:
                     return None  # `F.dropout(..., training=self.training)` already follows train()/eval()
                 instance, callee, line = self._call(site.node or "", site)
-                unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
+                if site.always_on:
+                    unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
+                self._want_p(unit, site, change.p)
             elif change.action == "remove":
                 self._remove(unit, self.sites[change.dropout])
             elif change.action == "move":
@@ -151,21 +223,21 @@ class _Mapper:
             elif change.action == "add":
                 self._declare_and_apply(unit, self.points[change.module], change.p, change.module)
         except _Refused as exc:
-            unit.refusal = str(exc)
+            unit.refusal, unit.hint = str(exc), exc.hint
         return unit
 
     # --- one change ------------------------------------------------------------------------------
 
     def _remove(self, unit: _Unit, site: Site) -> None:
         if self._sequential_of(site.module or "") is not None:
-            raise _Refused(f"{site.id} is an element of an nn.Sequential: taking it out would rename the "
-                           "state_dict keys of the elements after it")
+            return self._reorder(unit, site, None, False)
         instance, callee, line = self._call(site.node or "", site)
         unit.edits.append(self._edit(instance, lambda c: RemoveDropout(CallSite(c, callee, line=line))))
+        return None
 
     def _move(self, unit: _Unit, site: Site, point: Point, change: Change) -> None:
         if self._sequential_of(site.module or "") is not None:
-            return self._move_in_sequential(unit, site, point)
+            return self._move_in_sequential(unit, site, point, change)
         instance, callee, line = self._call(site.node or "", site)
         place, to_callee, side = self._place(point)
         if place == instance:
@@ -183,6 +255,7 @@ class _Mapper:
                 return request
 
             unit.edits.append(self._edit(instance, move))
+            self._want_p(unit, site, change.p)
             return None
         self._remove(unit, site)
         self._declare_and_apply(unit, point, change.p, change.module)
@@ -198,21 +271,67 @@ class _Mapper:
             DeclareDropout(c, attribute, p),
             ApplyDropout(CallSite(c, to_callee), dropout=f"self.{attribute}", side=side)))))
 
-    def _move_in_sequential(self, unit: _Unit, site: Site, point: Point) -> None:
+    def _move_in_sequential(self, unit: _Unit, site: Site, point: Point, change: Change) -> None:
         seq_name, index = self._sequential_of(site.module or "") or ("", 0)
-        sequential = self.capture.root.get_submodule(seq_name)
-        to_index = None
         for node, after in ((point.consumer, False), (point.producer, True)):
             n = self.capture.nodes.get(node) if node else None
             if n is not None and n.op == "call_module" and str(n.target).rpartition(".")[0] == seq_name:
-                k = int(str(n.target).rpartition(".")[2])
-                to_index = (k if after else k - 1) if k > index else (k + 1 if after else k)
-                break
-        if to_index is None:
-            raise _Refused(f"{site.id} would leave its nn.Sequential `{seq_name}`, which renames state_dict keys")
-        parent, _, attribute = seq_name.rpartition(".")
+                if site.op in _CHANNELWISE and point.position in ("H3", "H4"):  # Guideline 2, as in _move
+                    parent, _, attribute = seq_name.rpartition(".")
+                    unit.edits.append(self._edit(parent, lambda c: MakeElementwise(c, attribute, element=index)))
+                self._reorder(unit, site, int(str(n.target).rpartition(".")[2]), after)
+                self._want_p(unit, site, change.p)
+                return
+        if not self.allow_renames:  # out of the Sequential: the elements after it shift
+            try:
+                self._place(point)
+                hint = CHECKPOINT_HINT
+            except _Refused:
+                hint = ""
+            raise _Refused(f"{site.id} would leave its nn.Sequential `{seq_name}`, which renames state_dict keys",
+                           hint)
+        self._reorder(unit, site, None, False)
+        self._declare_and_apply(unit, point, change.p, change.module)
+
+    def _reorder(self, unit: _Unit, site: Site, anchor: int | None, after: bool) -> None:
+        """Move the Sequential element `site` next to element `anchor` (None: take it out)."""
+        seq_name, index = self._sequential_of(site.module or "") or ("", 0)
+        sequential = self.capture.root.get_submodule(seq_name)
         has_state = tuple(any(True for _ in m.parameters()) or any(True for _ in m.buffers()) for m in sequential)
-        unit.edits.append(self._edit(parent, lambda c: MoveInSequential(c, attribute, index, to_index, has_state)))
+        move = (index, anchor, after)
+        renames = order_renames(has_state, sequential_order(len(has_state), [move]))
+        if renames and not self.allow_renames:
+            keys = ", ".join(f"{seq_name}.{a}.* -> {seq_name}.{b}.*" for a, b in sorted(renames.items()))
+            what = "taking it out of" if anchor is None else "moving it within"
+            raise _Refused(f"{what} its nn.Sequential would rename state_dict keys ({keys})",
+                           CHECKPOINT_HINT)
+        parent, _, attribute = seq_name.rpartition(".")
+        unit.edits.append(self._edit(parent, lambda c: ReorderSequential(c, attribute, (move,), has_state,
+                                                                         self.allow_renames)))
+
+    def _want_p(self, unit: _Unit, site: Site, p: float) -> None:
+        """Write `p` where the dropout of `site` has its p (when the plan changes it); a note if it cannot."""
+        if p == site.p:
+            return
+        try:
+            in_sequential = self._sequential_of(site.module or "")
+            if in_sequential is not None:
+                seq_name, index = in_sequential
+                parent, _, attribute = seq_name.rpartition(".")
+                cls, instance, request = self._edit(parent, lambda c: SetDropoutP(c, p, attribute, index))
+                unit.p_edits.append(PEdit(cls, instance, request, site.id, str(index), seq_name))
+                return
+            instance, callee, line = self._call(site.node or "", site)
+            if callee.startswith("self."):
+                cls, instance, request = self._edit(instance, lambda c: SetDropoutP(c, p, callee[len("self."):]))
+            elif not callee.startswith("."):
+                cls, instance, request = self._edit(instance, lambda c: SetDropoutP(
+                    c, p, call=CallSite(c, callee, line=line)))
+            else:
+                raise _Refused(f"{site.id} is a tensor method, whose p dropcheck does not edit")
+            unit.p_edits.append(PEdit(cls, instance, request, site.id, site.module or ""))
+        except _Refused as exc:
+            unit.notes.append(SourceNote(site.id, f"p stays as written ({exc}); the fix wants p={p:g} here"))
 
     # --- plan terms -> source terms --------------------------------------------------------------
 

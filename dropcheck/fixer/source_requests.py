@@ -128,6 +128,37 @@ class MoveInSequential:
 
 
 @dataclass(frozen=True)
+class ReorderSequential:
+    """Move or take out dropouts of the nn.Sequential literal assigned to `self.<attribute>` in
+    `cls.__init__`. Each move is (index, anchor, after), in the literal's original indices: element
+    `index` goes just after (`after`) or before element `anchor`; an anchor of None takes it out.
+    Moves on one literal merge into one request. `has_state[i]` says whether element i holds
+    parameters or buffers; their index-based keys (`features.4.weight`) may move only with
+    `allow_renames` (a checkpoint is converted alongside, see `sequential_order`)."""
+
+    cls: str
+    attribute: str
+    moves: tuple[tuple[int, int | None, bool], ...]
+    has_state: tuple[bool, ...]
+    allow_renames: bool = False
+
+
+@dataclass(frozen=True)
+class SetDropoutP:
+    """Write `p` where the source gives the dropout's probability as a number: the declaration
+    `self.<attribute> = nn.Dropout(0.1)` in `cls.__init__` (element `element` of the nn.Sequential
+    literal there, when given), or the functional call `call` (`F.dropout(x, 0.1, ...)`, `p=0.1`).
+    A p left to its default is written as `p=`. A p that is an expression (`drop_rate`,
+    `self.droprate`) stays: the request is refused, saying what to build the model with instead."""
+
+    cls: str
+    p: float
+    attribute: str | None = None
+    element: int | None = None
+    call: CallSite | None = None
+
+
+@dataclass(frozen=True)
 class AllOf:
     """Several requests that make sense only together (declare a dropout and call it): all apply,
     or none does and the first refusal says why."""
@@ -136,7 +167,7 @@ class AllOf:
 
 
 EditRequest = Union[RemoveDropout, ApplyDropout, MoveDropout, DeclareDropout, GateOnTraining, MakeElementwise,
-                    MoveInSequential, AllOf]
+                    MoveInSequential, ReorderSequential, SetDropoutP, AllOf]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ folder with the patched files in their place; a fresh Python (source_worker) imp
 from there, builds it with the same constructor arguments and checks it against what this process
 knows of the original: its state_dict loads with strict=True, eval outputs are torch.equal to the
 original's (for always-on dropout: the original with it off) on random inputs, train mode still
-drops, a re-audit shows no DC001-DC004 on the fixed sites, and fixing the patched source again
-changes nothing. Each check is a Check; a worker that cannot even start is one failed check.
+drops, a re-audit shows no DC001-DC004 on the fixed sites, the dropouts whose p the patch wrote
+carry it, and fixing the patched source again changes nothing. Where the patch renames state_dict
+keys (a checkpoint is converted alongside), the original's state_dict loads through the key map. Each check is a Check; a worker that cannot even start is one failed check.
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Pa
         payload = Path(tmp) / "payload.pt"
         torch.save({"spec": spec, "model_args": model_args, "input_shape": list(target.input_shape or []),
                     "state_dict": capture.root.state_dict(), "inputs": inputs, "expected": expected,
-                    "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on}, payload)
+                    "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on,
+                    "key_map": edits.key_map, "p_written": edits.p_written}, payload)
         done = (worker or Worker()).run(payload, tree)
         if done is None:
             return [Check("fresh import", False, f"the patched model did not finish its checks in {TIMEOUT_S} s")]

@@ -36,12 +36,15 @@ def run_checks(payload: dict[str, Any]) -> list[Check]:
         return [Check("fresh import", False, f"{type(exc).__name__}: {_first_line(exc)}")]
     model = target.model
     checks = [Check("fresh import", True, "the patched source imports and builds with the same arguments")]
-    state = payload["state_dict"]
+    key_map = payload.get("key_map") or {}  # renamed keys: the original's state_dict as its converted checkpoint
+    state = {key_map.get(k, k): v for k, v in payload["state_dict"].items()}
+    through = f" through the key mapping ({len(key_map)} renamed)" if key_map else ""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        return checks + [Check("state_dict", False, f"the original's checkpoint does not load: {_first_line(exc)}")]
-    checks.append(Check("state_dict", True, f"the original's {len(state)} keys load with strict=True"))
+        return checks + [Check("state_dict", False, f"the original's checkpoint does not load{through}: "
+                               f"{_first_line(exc)}")]
+    checks.append(Check("state_dict", True, f"the original's {len(state)} keys load with strict=True{through}"))
     against = "the original with its always-on dropout switched off" if payload["always_on"] else "the original"
     with eval_mode(model), torch.no_grad():
         differ = [i for i, (x, y) in enumerate(zip(payload["inputs"], payload["expected"]))
@@ -57,6 +60,8 @@ def run_checks(payload: dict[str, Any]) -> list[Check]:
                    if f.rule in verified and (f.dropout in fixed or f.dropout not in before)})
     checks.append(Check("re-audit", not left, f"no {describe_codes(verified)} findings on the fixed or added sites"
                         if not left else "; ".join(left)))
+    if payload.get("p_written"):
+        checks.append(_planned_p(analysis.sites, payload["p_written"]))
     plan = plan_fix(capture, analysis, None, None, repeated_in_branch(analysis.sites))
     again = plan_source_fix(capture, analysis, plan, Path.cwd())
     changed = [p.path for p in again.patches]
@@ -80,6 +85,17 @@ def _still_drops(model: torch.nn.Module, inputs: tuple[Any, ...]) -> Check:
     drops = not same_outputs(first, second)
     return Check("train mode", drops, "still drops: two seeds give different outputs" if drops
                  else "no dropout is live in train mode: two seeds give the same outputs")
+
+
+def _planned_p(sites: list[Any], written: list[tuple[str, float]]) -> Check:
+    """The dropouts whose p the patch wrote carry it (a functional one: some dropout its module calls)."""
+    wrong = []
+    for module, p in written:
+        found = [s.p for s in sites if s.module == module]
+        if p not in found:
+            wrong.append(f"{module} has p={', '.join(f'{q:g}' for q in found) or 'no dropout'}, not {p:g}")
+    shown = ", ".join(f"{module} p={p:g}" for module, p in written)
+    return Check("p", not wrong, f"the written p is the planned one ({shown})" if not wrong else "; ".join(wrong))
 
 
 def _first_line(exc: BaseException) -> str:

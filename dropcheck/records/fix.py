@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -49,6 +49,18 @@ class NotInSource:
         return {"site": self.site, "reason": self.reason, "hint": self.hint}
 
 
+@dataclass(frozen=True)
+class SourceNote:
+    """A site the patch fixes, but not quite as planned: its p stays as the user wrote it (an
+    expression such as `drop_rate`), with the value the plan wanted and how to get it."""
+
+    site: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"site": self.site, "message": self.message}
+
+
 @dataclass
 class SourceFix:
     """The fix as a patch to the user's own files (file and module targets, design §6)."""
@@ -57,10 +69,18 @@ class SourceFix:
     diff: str  # unified diff of those files
     not_in_source: list[NotInSource]
     patches: tuple[Any, ...] = ()  # fixer.source_edits.SourcePatch, one per changed file (for --in-place)
+    notes: list[SourceNote] = field(default_factory=list)
+    key_map: dict[str, str] = field(default_factory=dict)  # old -> new state_dict key, only the keys that change
+    checkpoint: Any = None  # fixer.checkpoint.Checkpoint being converted (--checkpoint), for --in-place
+    checkpoint_out: str | None = None  # where the converted checkpoint goes
+    checkpoint_written: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        converted = None if self.checkpoint is None else {
+            "input": str(self.checkpoint.path), "output": self.checkpoint_out, "written": self.checkpoint_written}
         return {"files": list(self.files), "diff": self.diff,
-                "not_in_source": [n.to_dict() for n in self.not_in_source]}
+                "not_in_source": [n.to_dict() for n in self.not_in_source],
+                "notes": [n.to_dict() for n in self.notes], "key_map": dict(self.key_map), "checkpoint": converted}
 
 
 @dataclass

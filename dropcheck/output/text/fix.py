@@ -7,7 +7,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from ...records import Change, FixResult
+from ...records import Change, FixResult, SourceFix
 from ..console import write_plain
 
 _ACTION_STYLE = {"move": "yellow", "remove": "red", "convert": "cyan", "add": "green"}
@@ -84,8 +84,28 @@ def render_source_fix(result: FixResult, console: Console, show_diff: bool = Tru
             console.print(Text("  ") + Text(line, style="bold yellow"), soft_wrap=True, highlight=False)
         else:
             write_plain(console, "  " + line)
+    for line in source_fix_lines(source):
+        if console.is_terminal:
+            console.print(Text("  ") + Text(line, style="yellow" if line.startswith("note") else ""),
+                          soft_wrap=True, highlight=False)
+        else:
+            write_plain(console, "  " + line)
     if show_diff:
         render_source_diff(source.diff, console)
+
+
+def source_fix_lines(source: SourceFix) -> list[str]:
+    """The notes (a p that stays as written), the state_dict keys the patch renames, and what
+    becomes of the checkpoint, one plain line each."""
+    lines = [f"note  {note.site}: {note.message}" for note in source.notes]
+    if source.key_map:
+        lines.append(f"key mapping ({len(source.key_map)} state_dict keys renamed, old -> new):")
+        lines.extend(f"  {old} -> {new}" for old, new in source.key_map.items())
+    if source.checkpoint is not None:
+        verb = "converted into" if source.checkpoint_written else "to be converted into (with --in-place)"
+        lines.append(f"checkpoint  {source.checkpoint.path} {verb} {source.checkpoint_out}"
+                     + ("" if source.key_map else "; no key changes"))
+    return lines
 
 
 def render_source_diff(text: str, console: Console) -> None:
