@@ -293,11 +293,12 @@ def test_sites_that_cannot_be_written_in_source_are_reported_one_by_one(tmp_path
     assert result.returncode == 1  # findings remain
     refused = [line.strip() for line in result.stdout.splitlines() if line.strip().startswith("not in source")]
     assert len(refused) == 2
-    assert refused[0].startswith("not in source  features.3: MoveInSequential refused: ")
-    assert "would rename state_dict keys (features.4.* -> features.3.*" in refused[0]
-    assert refused[1].startswith("not in source  classifier.3: ")
-    assert all(line.endswith("(write the fixed model with -o OUT instead, or change this line by hand)")
-               for line in refused)
+    assert refused[0].startswith("not in source  features.3: moving it within its nn.Sequential would rename "
+                                 "state_dict keys (features.4.* -> features.3.*, features.5.* -> features.4.*)")
+    assert refused[1].startswith("not in source  classifier.3: taking it out of its nn.Sequential would rename "
+                                 "state_dict keys (classifier.4.* -> classifier.3.*)")
+    assert all(line.endswith("(--checkpoint old.pt --checkpoint-out new.pt would allow it: the keys are renamed and "
+                             "your checkpoint converted; or write the fixed model with -o OUT)") for line in refused)
     assert (tmp_path / "seqnet.py").read_text() == SEQUENTIAL_NET + "\nINPUT_SHAPE = (2, 3, 16, 16)\n"
 
 
