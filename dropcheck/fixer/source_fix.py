@@ -1,51 +1,31 @@
 """The fix plan as edits to the user's own source files (design §6, "How it is written").
 
-`plan_source_fix` turns each planned change (plan.py) into source-edit requests (source_requests)
-in the class whose `forward` makes the call: a moved dropout is a MoveDropout (or, when its new
-place is in another module, RemoveDropout there and DeclareDropout + ApplyDropout here), an
-always-on functional dropout is a GateOnTraining, a dropout inside an nn.Sequential literal is a
-ReorderSequential (refused where a state_dict key would change, unless a checkpoint is converted
-alongside: `allow_renames`, then `key_map` lists the renamed keys). A p the plan changes is written
-where the source has it as a number (SetDropoutP; source_keys). One class's `forward` serves all its
-instances, so a class is edited only when every instance of it needs the same edits. Only files
-of the user's project are edited, never torch or an installed package. Whatever cannot be written
-comes back as a NotInSource with the reason; the rest still applies. A channel-wise dropout moved
-before the global pool becomes element-wise (Guideline 2).
+`plan_source_fix` maps each planned change (plan.py) onto source-edit requests (source_mapper),
+then applies them file by file (source_edits). One class's `forward` serves all its instances, so
+a class is edited only when every instance of it needs the same edits; a p the plan changes is
+written only where every instance wants the same p (source_keys). Moves on one nn.Sequential
+literal merge into one reorder, applied after the file's other edits; with `allow_renames` (a
+checkpoint is converted alongside) it may rename state_dict keys, and `key_map` lists them.
+Whatever cannot be written comes back as a NotInSource with the reason (and what to do); the rest
+still applies. A p kept as the user wrote it is a note.
 
     edits = plan_source_fix(capture, analysis, plan, project_root)
     for patch in edits.patches: print(patch.diff())
 """
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
-from ..analysis.load import is_library_frame
-from ..records import Analysis, Capture, Change, DropcheckError, NotInSource, Site, SourceNote
-from .plan import Plan, Point
-from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, GateOnTraining,
-                           MakeElementwise, MoveDropout, RemoveDropout, ReorderSequential, SetDropoutP, SourcePatch,
-                           patch_source, read_source, write_patch)
+from ..records import Analysis, Capture, DropcheckError, NotInSource, SourceNote
+from .plan import Plan
+from .source_edits import EditRequest, ReorderSequential, SourcePatch, patch_source, read_source, write_patch
 from .source_keys import CHECKPOINT_HINT, PEdit, even_p_edits, key_map, merge_reorders, new_index
+from .source_mapper import Mapper, Unit, join
 from .source_probability import KEPT
-from .source_sequential import order_renames, sequential_order
-
-@dataclass(eq=False)  # units are told apart by identity
-class _Unit:
-    """The edits that fix some sites together: all are written, or none is."""
-
-    sites: tuple[str, ...]
-    edits: list[tuple[type, str, EditRequest]] = field(default_factory=list)  # (class, instance, request)
-    refusal: str = ""
-    hint: str = ""  # what the user can do about the refusal ("" for the usual: -o, or by hand)
-    p_edits: list[PEdit] = field(default_factory=list)  # the p it writes, if every instance agrees
-    notes: list[SourceNote] = field(default_factory=list)
 
 
 @dataclass
@@ -64,20 +44,10 @@ class SourceEdits:
         return "".join(patch.diff() for patch in self.patches)
 
 
-_CHANNELWISE = frozenset({"Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "dropout1d", "dropout2d",
-                          "dropout3d", "feature_alpha_dropout"})
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, hint: str = "") -> None:
-        super().__init__(reason)
-        self.hint = hint
-
-
 @dataclass
 class _Patched:
     patches: list[SourcePatch]
-    refused: dict[_Unit, tuple[str, str]]  # unit -> (reason, hint)
+    refused: dict[Unit, tuple[str, str]]  # unit -> (reason, hint)
     notes: list[SourceNote]
     reorders: dict[tuple[Path, str, str], ReorderSequential]  # (file, class, attribute) -> the merged request
     p_written: list[PEdit]
@@ -87,7 +57,7 @@ def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path
                     allow_renames: bool = False) -> SourceEdits:
     """Source edits for `plan` in the files under `root` (the user's project). With `allow_renames`
     (a checkpoint is converted alongside), an nn.Sequential may be reordered past elements with state."""
-    mapper = _Mapper(capture, {s.id: s for s in analysis.sites}, plan, root.resolve(), allow_renames)
+    mapper = Mapper(capture, {s.id: s for s in analysis.sites}, plan, root.resolve(), allow_renames)
     units = [mapper.unit(change) for change in plan.changes]
     units = [u for u in units if u is not None]
     while True:  # each round refuses at least one more unit, or ends: a refusal can make a class uneven
@@ -108,18 +78,14 @@ def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path
         for cls, instance, request in unit.edits:
             if isinstance(request, ReorderSequential):
                 merged = done.reorders[(mapper.files[cls], request.cls, request.attribute)]
-                reordered[_join(instance, request.attribute)] = merged
-    written = [(_join(e.sequential, str(new_index(reordered.get(e.sequential), int(e.module)))) if e.sequential
+                reordered[join(instance, request.attribute)] = merged
+    written = [(join(e.sequential, str(new_index(reordered.get(e.sequential), int(e.module)))) if e.sequential
                 is not None else e.module, e.request.p) for e in done.p_written]
     return SourceEdits([p for p in done.patches if p.changed], fixed, missing, notes,
                        key_map(capture.root.state_dict().keys(), reordered.items()), written)
 
 
-def _join(parent: str, name: str) -> str:
-    return f"{parent}.{name}" if parent else name
-
-
-def _refuse_uneven_classes(root: nn.Module, units: list[_Unit]) -> None:
+def _refuse_uneven_classes(root: nn.Module, units: list[Unit]) -> None:
     """A class whose instances need different edits cannot be edited: its units are refused."""
     while True:
         wanted: dict[type, dict[str, list[EditRequest]]] = defaultdict(lambda: defaultdict(list))
@@ -143,9 +109,9 @@ def _refuse_uneven_classes(root: nn.Module, units: list[_Unit]) -> None:
                 unit.refusal = reason
 
 
-def _patch_files(mapper: "_Mapper", units: list[_Unit], p_edits: list[PEdit]) -> _Patched:
+def _patch_files(mapper: Mapper, units: list[Unit], p_edits: list[PEdit]) -> _Patched:
     by_file: dict[Path, list[EditRequest]] = defaultdict(list)
-    owner: dict[tuple[Path, EditRequest], list[_Unit]] = defaultdict(list)
+    owner: dict[tuple[Path, EditRequest], list[Unit]] = defaultdict(list)
     p_owner: dict[tuple[Path, EditRequest], list[PEdit]] = defaultdict(list)
     for edit in p_edits:  # first: p is edited where it stands, before anything moves
         path = mapper.files[edit.cls]
@@ -189,240 +155,10 @@ def _patch_files(mapper: "_Mapper", units: list[_Unit], p_edits: list[PEdit]) ->
     return done
 
 
-class _Mapper:
-    """Plan terms (train-graph nodes, module qualnames) -> source terms (class, call, line)."""
-
-    def __init__(self, capture: Capture, sites: dict[str, Site], plan: Plan, root: Path,
-                 allow_renames: bool = False) -> None:
-        self.capture, self.sites, self.plan, self.root = capture, sites, plan, root
-        self.allow_renames = allow_renames
-        self.points = {module: point for point, (_, module, _) in plan.insertions.items()}
-        self.files: dict[type, Path] = {}
-        self._texts: dict[Path, str] = {}
-
-    def text(self, path: Path) -> str:
-        if path not in self._texts:
-            self._texts[path] = read_source(path)
-        return self._texts[path]
-
-    def unit(self, change: Change) -> _Unit | None:
-        unit = _Unit((change.dropout,) if change.dropout else (change.module,))
-        try:
-            if change.action == "convert":
-                site = self.sites[change.dropout]
-                if not site.always_on and change.p == site.p:
-                    return None  # `F.dropout(..., training=self.training)` already follows train()/eval()
-                instance, callee, line = self._call(site.node or "", site)
-                if site.always_on:
-                    unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
-                self._want_p(unit, site, change.p)
-            elif change.action == "remove":
-                self._remove(unit, self.sites[change.dropout])
-            elif change.action == "move":
-                self._move(unit, self.sites[change.dropout], self.points[change.module], change)
-            elif change.action == "add":
-                self._declare_and_apply(unit, self.points[change.module], change.p, change.module)
-        except _Refused as exc:
-            unit.refusal, unit.hint = str(exc), exc.hint
-        return unit
-
-    # --- one change ------------------------------------------------------------------------------
-
-    def _remove(self, unit: _Unit, site: Site) -> None:
-        if self._sequential_of(site.module or "") is not None:
-            return self._reorder(unit, site, None, False)
-        instance, callee, line = self._call(site.node or "", site)
-        unit.edits.append(self._edit(instance, lambda c: RemoveDropout(CallSite(c, callee, line=line))))
-        return None
-
-    def _move(self, unit: _Unit, site: Site, point: Point, change: Change) -> None:
-        if self._sequential_of(site.module or "") is not None:
-            return self._move_in_sequential(unit, site, point, change)
-        instance, callee, line = self._call(site.node or "", site)
-        place, to_callee, side = self._place(point)
-        if place == instance:
-            if site.always_on:  # DC006 too: the moved call follows train()/eval() (gated first, where it is)
-                unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
-            # Guideline 2: a channel-wise dropout moved before the global pool becomes element-wise
-            elementwise = site.op in _CHANNELWISE and point.position in ("H3", "H4")
-            functional = not callee.startswith("self.")
-
-            def move(cls: str) -> EditRequest:
-                request = MoveDropout(CallSite(cls, callee, line=line), to=CallSite(cls, to_callee), side=side,
-                                      elementwise=elementwise and functional)
-                if elementwise and not functional:  # a module changes where it is declared
-                    return AllOf((request, MakeElementwise(cls, callee.removeprefix("self."))))
-                return request
-
-            unit.edits.append(self._edit(instance, move))
-            self._want_p(unit, site, change.p)
-            return None
-        self._remove(unit, site)
-        self._declare_and_apply(unit, point, change.p, change.module)
-        return None
-
-    def _declare_and_apply(self, unit: _Unit, point: Point, p: float, module: str) -> None:
-        place, to_callee, side = self._place(point)
-        holder = self.capture.root.get_submodule(place) if place else self.capture.root
-        attribute = module.rpartition(".")[2] if module.rpartition(".")[0] == place else "drop_guideline"
-        while hasattr(holder, attribute):
-            attribute += "_"
-        unit.edits.append(self._edit(place, lambda c: AllOf((
-            DeclareDropout(c, attribute, p),
-            ApplyDropout(CallSite(c, to_callee), dropout=f"self.{attribute}", side=side)))))
-
-    def _move_in_sequential(self, unit: _Unit, site: Site, point: Point, change: Change) -> None:
-        seq_name, index = self._sequential_of(site.module or "") or ("", 0)
-        for node, after in ((point.consumer, False), (point.producer, True)):
-            n = self.capture.nodes.get(node) if node else None
-            if n is not None and n.op == "call_module" and str(n.target).rpartition(".")[0] == seq_name:
-                if site.op in _CHANNELWISE and point.position in ("H3", "H4"):  # Guideline 2, as in _move
-                    parent, _, attribute = seq_name.rpartition(".")
-                    unit.edits.append(self._edit(parent, lambda c: MakeElementwise(c, attribute, element=index)))
-                self._reorder(unit, site, int(str(n.target).rpartition(".")[2]), after)
-                self._want_p(unit, site, change.p)
-                return
-        if not self.allow_renames:  # out of the Sequential: the elements after it shift
-            try:
-                self._place(point)
-                hint = CHECKPOINT_HINT
-            except _Refused:
-                hint = ""
-            raise _Refused(f"{site.id} would leave its nn.Sequential `{seq_name}`, which renames state_dict keys",
-                           hint)
-        self._reorder(unit, site, None, False)
-        self._declare_and_apply(unit, point, change.p, change.module)
-
-    def _reorder(self, unit: _Unit, site: Site, anchor: int | None, after: bool) -> None:
-        """Move the Sequential element `site` next to element `anchor` (None: take it out)."""
-        seq_name, index = self._sequential_of(site.module or "") or ("", 0)
-        sequential = self.capture.root.get_submodule(seq_name)
-        has_state = tuple(any(True for _ in m.parameters()) or any(True for _ in m.buffers()) for m in sequential)
-        move = (index, anchor, after)
-        renames = order_renames(has_state, sequential_order(len(has_state), [move]))
-        if renames and not self.allow_renames:
-            keys = ", ".join(f"{seq_name}.{a}.* -> {seq_name}.{b}.*" for a, b in sorted(renames.items()))
-            what = "taking it out of" if anchor is None else "moving it within"
-            raise _Refused(f"{what} its nn.Sequential would rename state_dict keys ({keys})",
-                           CHECKPOINT_HINT)
-        parent, _, attribute = seq_name.rpartition(".")
-        unit.edits.append(self._edit(parent, lambda c: ReorderSequential(c, attribute, (move,), has_state,
-                                                                         self.allow_renames)))
-
-    def _want_p(self, unit: _Unit, site: Site, p: float) -> None:
-        """Write `p` where the dropout of `site` has its p (when the plan changes it); a note if it cannot."""
-        if p == site.p:
-            return
-        try:
-            in_sequential = self._sequential_of(site.module or "")
-            if in_sequential is not None:
-                seq_name, index = in_sequential
-                parent, _, attribute = seq_name.rpartition(".")
-                cls, instance, request = self._edit(parent, lambda c: SetDropoutP(c, p, attribute, index))
-                unit.p_edits.append(PEdit(cls, instance, request, site.id, str(index), seq_name))
-                return
-            instance, callee, line = self._call(site.node or "", site)
-            if callee.startswith("self."):
-                cls, instance, request = self._edit(instance, lambda c: SetDropoutP(c, p, callee[len("self."):]))
-            elif not callee.startswith("."):
-                cls, instance, request = self._edit(instance, lambda c: SetDropoutP(
-                    c, p, call=CallSite(c, callee, line=line)))
-            else:
-                raise _Refused(f"{site.id} is a tensor method, whose p dropcheck does not edit")
-            unit.p_edits.append(PEdit(cls, instance, request, site.id, site.module or ""))
-        except _Refused as exc:
-            unit.notes.append(SourceNote(site.id, f"p stays as written ({exc}); the fix wants p={p:g} here"))
-
-    # --- plan terms -> source terms --------------------------------------------------------------
-
-    def _edit(self, instance: str, request: Any) -> tuple[type, str, EditRequest]:
-        """(class, instance, request) for an edit of the class of module `instance`."""
-        module = self.capture.root.get_submodule(instance) if instance else self.capture.root
-        cls = type(module)
-        self._check_editable(cls)
-        return cls, instance, request(cls.__name__)
-
-    def _check_editable(self, cls: type) -> None:
-        if cls in self.files:
-            return
-        try:
-            file = inspect.getsourcefile(cls)
-        except TypeError:
-            file = None
-        if file is None:
-            raise _Refused(f"{cls.__name__} has no source file")
-        path = Path(file).resolve()
-        if is_library_frame(str(path)) or "site-packages" in path.parts or "dist-packages" in path.parts or \
-                not path.is_relative_to(self.root):
-            raise _Refused(f"{cls.__name__} is defined in {file}, which is not a file of your project")
-        if cls.__qualname__ != cls.__name__:
-            raise _Refused(f"{cls.__qualname__} is a nested class")
-        self.files[cls] = path
-
-    def _call(self, node_name: str, site: Site | None = None) -> tuple[str, str, int | None]:
-        """(instance whose forward makes the call, callee as CallSite writes it, line or None)."""
-        n = self.capture.nodes.get(node_name)
-        if n is None:
-            raise _Refused(f"{node_name or 'this site'} is not in the traced graph")
-        line = site.source.line if site is not None and site.source is not None else None
-        if n.op == "call_module":
-            parent, _, leaf = str(n.target).rpartition(".")
-            return parent, f"self.{leaf}", line
-        if n.op == "call_function":
-            name = _function_name(n.target)
-            if name is None:
-                raise _Refused(f"{getattr(n.target, '__name__', n.target)} is not a call dropcheck can point to "
-                               "in the source")
-            return n.owner, name, line
-        if n.op == "call_method":
-            return n.owner, f".{n.target}", line
-        raise _Refused(f"{node_name} is not a call")
-
-    def _place(self, point: Point) -> tuple[str, str, str]:
-        """Where an inserted dropout goes: before the consumer's call, or after the producer's."""
-        consumer = self.capture.nodes.get(point.consumer) if point.consumer else None
-        if consumer is not None and consumer.inputs[:1] == [point.producer] and \
-                self._sequential_of(str(consumer.target)) is None:
-            try:
-                instance, callee, _ = self._call(point.consumer)
-                return instance, callee, "before"
-            except _Refused:
-                pass
-        producer = self.capture.nodes.get(point.producer)
-        if producer is not None and self._sequential_of(str(producer.target)) is not None:
-            raise _Refused(f"the new place ({point.label}) is inside an nn.Sequential: a new element there would "
-                           "rename state_dict keys")
-        instance, callee, _ = self._call(point.producer)
-        return instance, callee, "after"
-
-    def _sequential_of(self, qualname: str) -> tuple[str, int] | None:
-        """(the Sequential's qualname, index) when `qualname` is an element of an nn.Sequential."""
-        parent, _, leaf = qualname.rpartition(".")
-        if not leaf.isdigit():
-            return None
-        try:
-            holder = self.capture.root.get_submodule(parent)
-        except AttributeError:
-            return None
-        return (parent, int(leaf)) if type(holder) is nn.Sequential else None
-
-
 def _shown(path: Path) -> str:
     """The path as the diff names it: relative to the working directory when inside it."""
     cwd = Path.cwd().resolve()
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
-
-
-def _function_name(fn: Any) -> str | None:
-    """`torch.nn.functional.avg_pool2d` for F.avg_pool2d (the source layer matches any import alias)."""
-    name = getattr(fn, "__name__", None)
-    if not name:
-        return None
-    if getattr(torch.nn.functional, name, None) is fn:
-        return f"torch.nn.functional.{name}"
-    if getattr(torch, name, None) is fn:
-        return f"torch.{name}"
-    return None
 
 
 def write_source_patches(patches: list[SourcePatch]) -> list[Path]:

@@ -7,7 +7,8 @@ knows of the original: its state_dict loads with strict=True, eval outputs are t
 original's (for always-on dropout: the original with it off) on random inputs, train mode still
 drops, a re-audit shows no DC001-DC004 on the fixed sites, the dropouts whose p the patch wrote
 carry it, and fixing the patched source again changes nothing. Where the patch renames state_dict
-keys (a checkpoint is converted alongside), the original's state_dict loads through the key map. Each check is a Check; a worker that cannot even start is one failed check.
+keys (a checkpoint is converted alongside), the original's state_dict loads through the key map.
+Each check is a Check; a worker that cannot even start is one failed check.
 """
 from __future__ import annotations
 

@@ -13,5 +13,5 @@ from .training import Comparison, Listener, RunResult, check_pairing
 
 __all__ = ["Analysis", "Capture", "CaptureInfo", "Change", "Check", "Comparison", "DropcheckError", "Finding",
            "FixResult", "FlowNode", "Listener", "Measurement", "NotInSource", "OpaqueRegion", "Report",
-           "Reproduction", "Rule", "RunResult", "Severity", "Site", "SiteKind", "SourceFix", "SourceLocation", "SourceNote",
-           "StochasticDepthSite", "StrEnum", "Target", "check_pairing"]
+           "Reproduction", "Rule", "RunResult", "Severity", "Site", "SiteKind", "SourceFix", "SourceLocation",
+           "SourceNote", "StochasticDepthSite", "StrEnum", "Target", "check_pairing"]
