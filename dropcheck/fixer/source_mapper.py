@@ -69,11 +69,10 @@ class Mapper:
         try:
             if change.action == "convert":
                 site = self.sites[change.dropout]
-                if not site.always_on and change.p == site.p:
+                if not site.always_on:
                     return None  # `F.dropout(..., training=self.training)` already follows train()/eval()
                 instance, callee, line = self._call(site.node or "", site)
-                if site.always_on:
-                    unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
+                unit.edits.append(self._edit(instance, lambda c: GateOnTraining(CallSite(c, callee, line=line))))
                 self._want_p(unit, site, change.p)
             elif change.action == "remove":
                 self._remove(unit, self.sites[change.dropout])
