@@ -140,14 +140,7 @@ class Mapper:
                 self._reorder(unit, site, int(str(n.target).rpartition(".")[2]), after)
                 self._want_p(unit, site, change.p)
                 return
-        if not self.allow_renames:  # out of the Sequential: the elements after it shift
-            try:
-                self._place(point)
-                hint = CHECKPOINT_HINT
-            except Refused:
-                hint = ""
-            raise Refused(f"{site.id} would leave its nn.Sequential `{seq_name}`, which renames state_dict keys",
-                           hint)
+        self._place(point)  # out of the Sequential: the new place first, then the keys it shifts
         self._reorder(unit, site, None, False)
         self._declare_and_apply(unit, point, change.p, change.module)
 
@@ -161,8 +154,7 @@ class Mapper:
         if renames and not self.allow_renames:
             keys = ", ".join(f"{seq_name}.{a}.* -> {seq_name}.{b}.*" for a, b in sorted(renames.items()))
             what = "taking it out of" if anchor is None else "moving it within"
-            raise Refused(f"{what} its nn.Sequential would rename state_dict keys ({keys})",
-                           CHECKPOINT_HINT)
+            raise Refused(f"{what} its nn.Sequential would rename state_dict keys ({keys})", CHECKPOINT_HINT)
         parent, _, attribute = seq_name.rpartition(".")
         unit.edits.append(self._edit(parent, lambda c: ReorderSequential(c, attribute, (move,), has_state,
                                                                          self.allow_renames)))
