@@ -21,6 +21,8 @@ from dropcheck.fixer.source_edits import SetDropoutP
 from dropcheck.fixer.source_keys import PEdit, even_p_edits, key_map
 from dropcheck.fixer.source_requests import ReorderSequential
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
@@ -314,3 +316,69 @@ def test_the_key_map_renames_only_the_keys_of_elements_that_change_index() -> No
     removed = ReorderSequential("Net", "body", ((0, None, False),), (False, True), True)
     assert key_map(["0.weight", "1.weight", "1.bias"], [("", removed)]) == {"1.weight": "0.weight",
                                                                             "1.bias": "0.bias"}
+
+
+P_SOURCE = '''import torch.nn as nn
+import torch.nn.functional as F
+
+
+class B(nn.Module):
+    def __init__(self, drop_rate=0.1, droprate=0.2):
+        super().__init__()
+        self.a = nn.Dropout(0.1)  # kept comment
+        self.b = nn.Dropout(p=0.1, inplace=True)
+        self.c = nn.Dropout()
+        self.e = nn.Dropout(drop_rate)
+        self.droprate = droprate
+        self.s = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Dropout2d(0.2))
+
+    def forward(self, x):
+        x = F.dropout(x, 0.1, self.training)
+        x = F.dropout(x)
+        x = F.dropout(x, p=self.droprate, training=self.training)
+        return x
+'''
+
+
+def test_p_literals_are_edited_in_place_and_expressions_are_kept_with_a_hint() -> None:
+    from dropcheck.fixer.source_edits import CallSite, patch_source
+
+    dropout = "torch.nn.functional.dropout"
+    requests = [SetDropoutP("B", 0.3, "a"), SetDropoutP("B", 0.3, "b"), SetDropoutP("B", 0.3, "c"),
+                SetDropoutP("B", 0.3, "s", 1), SetDropoutP("B", 0.3, call=CallSite("B", dropout, line=16)),
+                SetDropoutP("B", 0.3, call=CallSite("B", dropout, line=17)),
+                SetDropoutP("B", 0.3, "e"), SetDropoutP("B", 0.3, call=CallSite("B", dropout, line=18))]
+    patch = patch_source(P_SOURCE, requests)
+    changed = [line for line in patch.diff().splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == [
+        "-        self.a = nn.Dropout(0.1)  # kept comment", "-        self.b = nn.Dropout(p=0.1, inplace=True)",
+        "-        self.c = nn.Dropout()", "+        self.a = nn.Dropout(0.3)  # kept comment",
+        "+        self.b = nn.Dropout(p=0.3, inplace=True)", "+        self.c = nn.Dropout(p=0.3)",
+        "-        self.s = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Dropout2d(0.2))",
+        "+        self.s = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Dropout2d(0.3))",
+        "-        x = F.dropout(x, 0.1, self.training)", "-        x = F.dropout(x)",
+        "+        x = F.dropout(x, 0.3, self.training)", "+        x = F.dropout(x, p=0.3)",
+    ]
+    assert [r.reason for r in patch.refused] == [
+        "p stays `drop_rate` as written in B.__init__ (line 11); the fix wants p=0.3 here: build it with "
+        "drop_rate=0.3",
+        "p stays `self.droprate` as written in the call at line 18; the fix wants p=0.3 here: build it with "
+        "droprate=0.3",
+    ]
+
+
+def test_several_moves_on_one_sequential_literal_apply_together_keeping_comments() -> None:
+    from dropcheck.fixer.source_edits import patch_source
+    from source_models import SEQUENTIAL_NET
+
+    has_state = (True, True, False, False, True, True, False, False, False)
+    both = ReorderSequential("SmallNet", "features", ((3, 7, True), (6, None, False)), has_state)
+    assert "would rename state_dict keys (features.4.* -> features.3.*, features.5.* -> features.4.*)" in \
+        patch_source(SEQUENTIAL_NET, [both]).refused[0].reason
+    allowed = ReorderSequential("SmallNet", "features", both.moves, has_state, allow_renames=True)
+    patched = patch_source(SEQUENTIAL_NET, [allowed]).patched
+    assert patched.split("self.features = nn.Sequential(\n")[1].split("        )\n")[0].splitlines() == [
+        "            nn.Conv2d(3, 16, 3, padding=1),", "            nn.BatchNorm2d(16),",
+        "            nn.ReLU(inplace=True),", "            nn.Conv2d(16, 32, 3, padding=1),",
+        "            nn.BatchNorm2d(32),", "            nn.ReLU(inplace=True),",
+        "            nn.Dropout2d(0.1),  # spatial dropout", "            nn.AdaptiveAvgPool2d(1),"]
