@@ -38,7 +38,9 @@ def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | No
     written: list[Any] = []
     if in_place and not failed and source.checkpoint is not None and checkpoint is not None:
         from ..fixer.checkpoint import write_checkpoint  # first: a failure here leaves the source as it was
+        from ..fixer.source_fix import check_unchanged  # and a source file changed meanwhile: neither is written
 
+        guard(err, spec, fmt, verbose, lambda: check_unchanged(list(source.patches)), result=result)
         written.append(guard(err, spec, fmt, verbose, lambda: write_checkpoint(
             source.checkpoint, source.key_map, checkpoint[1]), result=result))
         source.checkpoint_written = True

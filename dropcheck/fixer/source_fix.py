@@ -161,10 +161,15 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
-def write_source_patches(patches: list[SourcePatch]) -> list[Path]:
-    """Write every patch, or none: each file must still hold the text its patch was made from."""
+def check_unchanged(patches: list[SourcePatch]) -> None:
+    """Each file still holds the text its patch was made from (DropcheckError otherwise)."""
     for patch in patches:
         if read_source(patch.path) != patch.original:
             raise DropcheckError("output", f"{patch.path} changed since dropcheck read it; nothing was written",
                                  "run dropcheck fix again on the new version")
+
+
+def write_source_patches(patches: list[SourcePatch]) -> list[Path]:
+    """Write every patch, or none: each file must still hold the text its patch was made from."""
+    check_unchanged(patches)
     return [write_patch(patch) for patch in patches]
