@@ -260,6 +260,20 @@ def test_bad_checkpoint_options_are_one_line_exit_2_and_write_nothing(tmp_path: 
     assert (tmp_path / "vgg.py").read_text() == VGG and not (tmp_path / "new.pt").exists()
 
 
+def test_an_existing_checkpoint_out_is_replaced_only_with_force(tmp_path: Path) -> None:
+    (tmp_path / "vgg.py").write_text(VGG)
+    _save_checkpoint(tmp_path, wrapped=False)
+    (tmp_path / "new.pt").write_bytes(b"an older conversion")
+    result = _dropcheck(tmp_path, "fix", "vgg.py", "--in-place", "--checkpoint", "old.pt", "--checkpoint-out",
+                        "new.pt")
+    assert result.returncode == 2 and "--checkpoint-out new.pt exists (hint: pass --force to replace it)" in result.stderr
+    assert (tmp_path / "new.pt").read_bytes() == b"an older conversion" and (tmp_path / "vgg.py").read_text() == VGG
+    forced = _dropcheck(tmp_path, "fix", "vgg.py", "--in-place", "--force", "--checkpoint", "old.pt",
+                        "--checkpoint-out", "new.pt")
+    assert forced.returncode == 0, forced.stderr
+    assert _python(tmp_path, COMPARE) == "True True None"
+
+
 def test_movers_into_one_place_write_the_largest_p(tmp_path: Path) -> None:
     (tmp_path / "head.py").write_text(HEAD)
     result = _dropcheck(tmp_path, "fix", "head.py", "--in-place")

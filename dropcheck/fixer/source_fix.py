@@ -82,7 +82,7 @@ def plan_source_fix(capture: Capture, analysis: Analysis, plan: Plan, root: Path
     written = [(join(e.sequential, str(new_index(reordered.get(e.sequential), int(e.module)))) if e.sequential
                 is not None else e.module, e.request.p) for e in done.p_written]
     return SourceEdits([p for p in done.patches if p.changed], fixed, missing, notes,
-                       key_map(capture.root.state_dict().keys(), reordered.items()), written)
+                       key_map(capture.root.state_dict().keys(), reordered.items()) if reordered else {}, written)
 
 
 def _refuse_uneven_classes(root: nn.Module, units: list[Unit]) -> None:
