@@ -18,10 +18,11 @@ import torch
 from torch import fx, nn
 
 from . import ops
-from .load import display_path, is_library_frame
+from .imports import display_path, is_library_frame
 from .flow import build_flow_graph
 from ..records import Capture, DropcheckError, OpaqueRegion, SourceLocation, Target
 from .shapes import Inlined, propagate_shapes, shape_mode
+from .trace_errors import trace_error
 
 _MAX_INLINE_DEPTH = 4
 _MODULE_PY = nn.modules.module.__file__
@@ -33,7 +34,8 @@ class DropcheckTracer(fx.Tracer):
 
     def __init__(self, extra_leaves: tuple[type, ...] = (),
                  autowrap_functions: Iterable[Callable[..., Any]] = ()) -> None:
-        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.autowrap_fns = list(autowrap_functions)
+        super().__init__(autowrap_functions=tuple(self.autowrap_fns))
         self.extra_leaves = extra_leaves
         self.sources: dict[str, SourceLocation | None] = {}
         self.owners: dict[str, str] = {}
@@ -147,28 +149,6 @@ def _concrete_defaults(root: nn.Module, n_inputs: int = 1) -> dict[str, Any]:
     return out
 
 
-def _trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
-    where, raised_by_user = None, False
-    tb = exc.__traceback__
-    while tb is not None:
-        raised_by_user = not is_library_frame(tb.tb_frame.f_code.co_filename)  # true at the end: the user's raise
-        if raised_by_user:
-            where = SourceLocation(display_path(tb.tb_frame.f_code.co_filename), tb.tb_lineno)
-        tb = tb.tb_next
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    place = f"{where}: " if where else ""
-    if "control flow" in text or "iterate" in text or "len(" in text:
-        hint = ("fx cannot follow data-dependent Python control flow; make that code a leaf module "
-                "or a torch.fx.wrap'ed function, or audit a submodule")
-    elif raised_by_user:
-        hint = "the model's code raised this while torch.fx traced it with proxy inputs; --verbose shows the traceback"
-    else:
-        hint = "the model must be capturable by torch.fx.symbolic_trace; run with --verbose for the traceback"
-    error = DropcheckError("trace", f"{place}cannot trace {type(root).__name__}: {type(exc).__name__}: {text}", hint)
-    error.__cause__ = exc  # --verbose prints the cause: the traceback through the user's forward
-    return error
-
-
 @contextmanager
 def _restored(root: nn.Module) -> Iterator[None]:
     """Tracing flips train/eval and fx parks tensor constants on the root: undo both afterwards."""
@@ -183,30 +163,45 @@ def _restored(root: nn.Module) -> Iterator[None]:
             delattr(root, name)
 
 
-def _trace_train(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, DropcheckTracer, str, tuple, list]:
-    """Trace in train mode with the plain tracer, then, if that fails, the zoo-aware one."""
+def _trace_train(root: nn.Module, inputs: tuple[Any, ...], mode: str) -> tuple[fx.GraphModule, DropcheckTracer, str,
+                                                                              Callable[[], DropcheckTracer]]:
+    """Trace in train mode with the plain tracer, then the zoo-aware one, then specialising on the
+    example input (analysis.specialise); returns how to make the same tracer again (for eval mode)."""
     leaves, functions = _zoo_tracer_config()
-    attempts = [("symbolic_trace", (), [])]
+    attempts: list[tuple[str, Callable[[], DropcheckTracer]]] = [("symbolic_trace", DropcheckTracer)]
     if leaves or functions:
-        attempts.append(("zoo-aware", leaves, functions))
-    error: DropcheckError | None = None
+        attempts.append(("zoo-aware", lambda: DropcheckTracer(leaves, functions)))
+    attempts.append(("specialised", lambda: _specialising(root, inputs, mode, leaves, functions)))
+    errors: list[DropcheckError] = []
     with _restored(root):
-        for method, extra, fns in attempts:
+        for method, make in attempts:
             root.train()
-            tracer = DropcheckTracer(extra, fns)
+            tracer = make()
             try:
-                return _trace(root, tracer, n_inputs=n_inputs), tracer, method, extra, fns
+                gm = _trace(root, tracer, n_inputs=len(inputs))
             except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-                error = error or _trace_error(root, exc)
-    assert error is not None
-    raise error
+                errors.append(trace_error(root, exc))
+                continue
+            if method == "specialised":
+                from .specialise import describe
+                stopped = errors[0].message.partition(": cannot")[0] if ": cannot" in errors[0].message else "?"
+                tracer.notes = [describe(tracer.decisions, inputs, stopped)]  # type: ignore[attr-defined]
+            return gm, tracer, method, make
+    raise errors[-1]  # the specialised trace's error: it got furthest
 
 
-def _trace_eval(root: nn.Module, n_inputs: int, extra: tuple, fns: list) -> tuple[fx.GraphModule, DropcheckTracer] | None:
+def _specialising(root: nn.Module, inputs: tuple[Any, ...], mode: str, leaves: tuple[type, ...],
+                  functions: list[Callable[..., Any]]) -> DropcheckTracer:
+    from .specialise import SpecialisingTracer
+    return SpecialisingTracer(root, inputs, mode, leaves, functions)
+
+
+def _trace_eval(root: nn.Module, n_inputs: int, make: Callable[[], DropcheckTracer]
+                ) -> tuple[fx.GraphModule, DropcheckTracer] | None:
     """The eval-mode graph, traced the way the train graph was; None if only eval mode fails."""
     with _restored(root):
         root.eval()
-        tracer = DropcheckTracer(extra, fns)
+        tracer = make()
         try:
             return _trace(root, tracer, n_inputs=n_inputs), tracer
         except Exception:  # noqa: BLE001 - eval-only failure: DC006 cannot be checked
@@ -278,13 +273,14 @@ def capture_graph(target: Target, eval_graph: bool = True) -> Capture:
         raise DropcheckError("load", f"{target.spec} is a {type(root).__name__}, not an nn.Module",
                              "audit() takes an nn.Module")
     mode, inputs = shape_mode(target)  # before tracing: a GraphModule keeps references to parameters
-    train_gm, tracer, method, extra, fns = _trace_train(root, len(inputs))
+    train_gm, tracer, method, make = _trace_train(root, inputs, mode)
+    extra, fns = tracer.extra_leaves, tracer.autowrap_fns
 
     inlined: dict[str, Inlined] = {}
     opaque: list[OpaqueRegion] = []
     _inline_leaves(train_gm, "", extra, fns, inlined, opaque, depth=0)
     wanted = eval_graph or _calls_functional_dropout(train_gm, inlined)
-    evaluated = _trace_eval(root, len(inputs), extra, fns) if wanted else None
+    evaluated = _trace_eval(root, len(inputs), make) if wanted else None
     shapes = propagate_shapes(train_gm, inputs, mode, inlined)
     nodes, outputs = build_flow_graph(train_gm, tracer, inlined, shapes)
     live = _eval_live_dropouts(evaluated, root, train_gm, inlined, extra, fns) if evaluated else []
@@ -292,6 +288,7 @@ def capture_graph(target: Target, eval_graph: bool = True) -> Capture:
                       nodes=nodes, outputs=outputs, eval_live_dropouts=live, method=method,
                       device="meta" if mode == "meta" else "cpu", opaque=opaque, declared=dict(target.declared_at),
                       owners=dict(tracer.owners), eval_owners=dict(evaluated[1].owners) if evaluated else {})
+    capture.notes.extend(getattr(tracer, "notes", []))
     if wanted and evaluated is None:
         capture.notes.append("the eval-mode trace failed, so always-on dropout (DC006) was not checked")
     return capture
