@@ -427,3 +427,30 @@ def test_when_no_usual_shape_fits_the_audit_says_so_in_one_line(tmp_path: Path) 
     result = CliRunner().invoke(app, ["audit", f"{path}:TwoInputs"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--input-shape" in result.output
+
+
+# --- submodule targets ----------------------------------------------------------------------------
+
+def test_a_submodule_target_gets_the_input_the_whole_model_gives_it(audio: Path) -> None:
+    # Gate's forward branches on values, but its conv -> dropout -> bn can be named on its own... not
+    # here: Gate is the root. AudioCNN's bn2 is called on conv2's output: 2x64x64 for a 2x1x64 input.
+    target = load_target(f"{audio}:AudioCNN::bn2", input_shape=(2, 1, 64))
+    assert type(target.model).__name__ == "BatchNorm1d" and target.input_shape == [2, 64, 64]
+    assert target.notes[-1].startswith("submodule bn2 (BatchNorm1d) of AudioCNN")
+
+
+def test_a_residual_block_audited_on_its_own_keeps_its_verdicts(tmp_path: Path) -> None:
+    from dropcheck.analysis.load import target_location
+
+    path = _write(tmp_path, "enet.py", ENET)
+    whole = audit_loaded(load_target(f"{path}:ENetStage", input_shape=(2, 3, 16, 16)))
+    part = audit_loaded(load_target(f"{path}:ENetStage::down", input_shape=(2, 3, 16, 16)))
+    assert part.input_shape == [2, 16, 16, 16]
+    assert [(s.id, s.site) for s in part.dropouts] == [("ext_regul", whole.dropouts[0].site)]
+    assert target_location(f"{path}:ENetStage::down") == (tmp_path, "enet.py:ENetStage::down")
+
+
+def test_a_submodule_that_does_not_exist_lists_the_children(audio: Path) -> None:
+    result = CliRunner().invoke(app, ["audit", f"{audio}:AudioCNN::layer9", "--input-shape", "2,1,64"])
+    assert result.exit_code == 2
+    assert "has no submodule 'layer9'" in result.output and "conv1, bn1, drop" in result.output

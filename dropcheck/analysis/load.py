@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..records import DropcheckError, SourceLocation, Target
+from .submodule import SEPARATOR, split_submodule, submodule_target
 from .imports import (USER_MODULE_PREFIX, display_path, first_line, import_file, import_module, is_library_frame,
                       package_of, user_frame, user_location)
 
@@ -34,6 +35,9 @@ def load_target(spec: str, model_args: dict[str, Any] | None = None,
     On the meta device where possible (no weights materialised); with `weights`, on the CPU with
     its initial weights (fix and measure need real tensors).
     """
+    base, submodule = split_submodule(spec)
+    if submodule:
+        return submodule_target(load_target(base, model_args, input_shape, weights), submodule, spec)
     kwargs = dict(model_args or {})
     kind, factory, default_shape, label = _resolve(spec, kwargs)
     model, device, declared = _build(factory, kwargs, label, ("cpu",) if weights else ("meta", "cpu"))
@@ -72,13 +76,15 @@ def _resolve(spec: str, kwargs: dict[str, Any]) -> tuple[str, Callable[..., Any]
 def target_location(spec: str) -> tuple[Path, str]:
     """For the user's own code: the project folder (a file's folder, or the folder above its package;
     the working directory for a module) and the spec that names the same target from a copy of it."""
-    path_part, sep, name = _split_spec(spec)
+    base, submodule = split_submodule(spec)
+    tail = SEPARATOR + submodule if submodule else ""
+    path_part, sep, name = _split_spec(base)
     if path_part.endswith(".py") or os.sep in path_part or "/" in path_part or Path(path_part).is_file():
         path = Path(path_part).resolve()
         package = package_of(path)
         if package is not None:
-            return package[0], str(path.relative_to(package[0])) + sep + name
-        return path.parent, path.name + sep + name
+            return package[0], str(path.relative_to(package[0])) + sep + name + tail
+        return path.parent, path.name + sep + name + tail
     return Path(os.getcwd()).resolve(), spec
 
 

@@ -148,6 +148,16 @@ def _examples_of(value: Any) -> Any:
     return value
 
 
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value if value.device.type == "meta" else value.to("meta")
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_to_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_meta(v) for k, v in value.items()}
+    return value
+
+
 def _unknown_in(value: Any) -> _Unknown | None:
     found: list[_Unknown] = []
 
@@ -185,12 +195,20 @@ class SpecialisingTracer(DropcheckTracer):
         else:
             self._example_mode = nullcontext
         self.examples = dict(zip(names, inputs))
+        # on the meta device, tensors the forward makes eagerly (torch.zeros(n, c) from sizes) join it
+        self._on_meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs)
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         graph = super().trace(root, concrete_args)
         for n in graph.nodes:  # the examples served the trace; the graph must not hold them
             n.meta.pop("example", None)
         return graph
+
+    def create_arg(self, a: Any) -> Any:
+        if self._on_meta and isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) and \
+                a.device.type != "meta" and id(a) not in getattr(self, "_buffer_names", {}):
+            a = a.to("meta")  # a constant made from sizes: the graph runs on the meta device
+        return super().create_arg(a)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ExampleProxy(node, self)  # type: ignore[arg-type]
@@ -224,6 +242,8 @@ class SpecialisingTracer(DropcheckTracer):
         if kind == "output":
             return None
         ex_args, ex_kwargs = _examples_of(args), _examples_of(kwargs)
+        if self._on_meta:
+            ex_args, ex_kwargs = _to_meta(ex_args), _to_meta(ex_kwargs)
         unknown = _unknown_in((ex_args, ex_kwargs))
         if unknown is not None:
             return unknown

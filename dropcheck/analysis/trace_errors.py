@@ -21,8 +21,8 @@ def trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
     place = f"{where}: " if where else ""
     if "control flow" in text or "iterate" in text or "len(" in text:
         hint = ("a branch or loop on tensor values cannot be traced for every input: use torch.where, make that "
-                "code a leaf module or a torch.fx.wrap'ed function (sizes, dims and devices are resolved from the "
-                "example input)")
+                "code a leaf module or a torch.fx.wrap'ed function, or audit a submodule without it (TARGET::name); "
+                "sizes, dims and devices are resolved from the example input")
     elif raised_by_user and where is not None and not _raises_itself(_last_line(exc)):
         hint = ("a tracing limit, not a bug in the model: a torch call got a traced value where it needs a plain "
                 "number (sizes are resolved from the example, values computed from tensors are not); --verbose "
