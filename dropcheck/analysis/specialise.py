@@ -88,10 +88,8 @@ class _Concrete:
     is_cuda = property(lambda self: self._example_device().type == "cuda")
 
     def _example_device(self) -> torch.device:
-        example = self._read("size")
-        device = getattr(example, "device", None)
-        # meta and fake examples stand for the model's own device: a meta-built model runs on the CPU
-        return torch.device("cpu") if device is None or device.type == "meta" else device
+        # the example's own device (meta for a model built there): `.to(x.device)` must stay a no-op
+        return getattr(self._read("size"), "device", torch.device("cpu"))
 
     def __bool__(self) -> bool:
         example = self._example()
@@ -237,8 +235,14 @@ class SpecialisingTracer(DropcheckTracer):
     def _compute(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
         if kind == "placeholder":
             return self.examples.get(str(target).lstrip("*"), _Unknown(KeyError(target)))
-        if kind == "get_attr":
-            return _fetch(self.root, str(target))
+        if kind == "get_attr":  # read for real: the patched Module.__getattr__ would make another proxy
+            self._computing = True
+            try:
+                return _fetch(self.root, str(target))
+            except AttributeError as exc:
+                return _Unknown(exc)
+            finally:
+                self._computing = False
         if kind == "output":
             return None
         ex_args, ex_kwargs = _examples_of(args), _examples_of(kwargs)
