@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
-from torch.fx.proxy import Attribute
+from torch.fx.proxy import Attribute, TraceError
 
 from ..records import SourceLocation
-from .capture import DropcheckTracer
+from .tracer import DropcheckTracer
 from .imports import display_path, is_library_frame
 
 
@@ -45,7 +45,7 @@ class _Unknown:
         self.exc = exc
 
 
-class ValueControlFlow(TypeError):
+class ValueControlFlow(TraceError):
     """Python control flow on a tensor's values: no example can settle that for every input."""
 
 
