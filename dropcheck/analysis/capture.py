@@ -10,108 +10,19 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-import torch
 from torch import fx, nn
 
 from . import ops
-from .load import display_path, is_library_frame
 from .flow import build_flow_graph
-from ..records import Capture, DropcheckError, OpaqueRegion, SourceLocation, Target
+from ..records import Capture, DropcheckError, OpaqueRegion, Target
 from .shapes import Inlined, propagate_shapes, shape_mode
+from .trace_errors import trace_error
+from .tracer import DropcheckTracer
 
 _MAX_INLINE_DEPTH = 4
-_MODULE_PY = nn.modules.module.__file__
-_NN_MODULES_DIR = _MODULE_PY.rsplit("/", 1)[0]
-
-
-class DropcheckTracer(fx.Tracer):
-    """A plain fx tracer whose leaves are the dropout family, stochastic depth and `extra_leaves`."""
-
-    def __init__(self, extra_leaves: tuple[type, ...] = (),
-                 autowrap_functions: Iterable[Callable[..., Any]] = ()) -> None:
-        super().__init__(autowrap_functions=tuple(autowrap_functions))
-        self.extra_leaves = extra_leaves
-        self.sources: dict[str, SourceLocation | None] = {}
-        self.owners: dict[str, str] = {}
-
-    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
-        if isinstance(root, nn.Module):  # name lookups by identity: fx scans every parameter per access
-            self._param_names = {id(p): n for n, p in root.named_parameters()}
-            self._buffer_names = {id(b): n for n, b in root.named_buffers()}
-        return super().trace(root, concrete_args)
-
-    def create_arg(self, a: Any) -> Any:
-        if isinstance(a, torch.Tensor):  # same get_attr fx would emit, found without a scan
-            names = getattr(self, "_param_names" if isinstance(a, nn.Parameter) else "_buffer_names", {})
-            if id(a) in names:
-                return self.create_node("get_attr", names[id(a)], (), {})
-        return super().create_arg(a)
-
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
-        if isinstance(attr_val, nn.Parameter):
-            name = getattr(self, "_param_names", {}).get(id(attr_val))
-        elif self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor):
-            name = getattr(self, "_buffer_names", {}).get(id(attr_val))
-        else:
-            return attr_val
-        if name is None:
-            return super().getattr(attr, attr_val, parameter_proxy_cache)
-        if name not in parameter_proxy_cache:
-            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
-        return parameter_proxy_cache[name]
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if ops.is_dropout_module(m) or ops.is_stochastic_depth_module(m):
-            return True
-        if self.extra_leaves and isinstance(m, self.extra_leaves):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
-                    type_expr: Any = None) -> fx.Node:
-        node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        self.owners[node.name] = self.scope.module_path
-        if _wants_source(kind, target, self.root if hasattr(self, "root") else None):
-            self.sources[node.name] = _call_site(sys._getframe(1))
-        return node
-
-
-def _wants_source(kind: str, target: Any, root: nn.Module | None) -> bool:
-    if kind == "call_function":
-        return (ops.is_dropout_function(target) or target in ops.ATTENTION_FUNCTIONS
-                or ops.is_stochastic_depth_function(target))
-    if kind == "call_module" and root is not None:
-        try:
-            m = root.get_submodule(target)
-        except AttributeError:
-            return False
-        return ops.is_dropout_module(m) or ops.is_stochastic_depth_module(m) or ops.is_attention_module(m)
-    return False
-
-
-def _call_site(frame: types.FrameType | None) -> SourceLocation | None:
-    """The line in a user's `forward` that made the call (through user helpers, if any).
-
-    None when a torch container (nn.Sequential) made the call: the declaration line says more.
-    """
-    first: SourceLocation | None = None
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if not is_library_frame(name):
-            here = SourceLocation(display_path(name), frame.f_lineno)
-            if frame.f_code.co_name == "forward":
-                return here
-            first = first or here
-        elif first is not None:
-            return first  # left the user's code without meeting a forward
-        elif name.startswith(_NN_MODULES_DIR) and name != _MODULE_PY:
-            return None
-        frame = frame.f_back
-    return first
 
 
 # --- tracing -------------------------------------------------------------------------------------
@@ -147,28 +58,6 @@ def _concrete_defaults(root: nn.Module, n_inputs: int = 1) -> dict[str, Any]:
     return out
 
 
-def _trace_error(root: nn.Module, exc: BaseException) -> DropcheckError:
-    where, raised_by_user = None, False
-    tb = exc.__traceback__
-    while tb is not None:
-        raised_by_user = not is_library_frame(tb.tb_frame.f_code.co_filename)  # true at the end: the user's raise
-        if raised_by_user:
-            where = SourceLocation(display_path(tb.tb_frame.f_code.co_filename), tb.tb_lineno)
-        tb = tb.tb_next
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    place = f"{where}: " if where else ""
-    if "control flow" in text or "iterate" in text or "len(" in text:
-        hint = ("fx cannot follow data-dependent Python control flow; make that code a leaf module "
-                "or a torch.fx.wrap'ed function, or audit a submodule")
-    elif raised_by_user:
-        hint = "the model's code raised this while torch.fx traced it with proxy inputs; --verbose shows the traceback"
-    else:
-        hint = "the model must be capturable by torch.fx.symbolic_trace; run with --verbose for the traceback"
-    error = DropcheckError("trace", f"{place}cannot trace {type(root).__name__}: {type(exc).__name__}: {text}", hint)
-    error.__cause__ = exc  # --verbose prints the cause: the traceback through the user's forward
-    return error
-
-
 @contextmanager
 def _restored(root: nn.Module) -> Iterator[None]:
     """Tracing flips train/eval and fx parks tensor constants on the root: undo both afterwards."""
@@ -183,30 +72,45 @@ def _restored(root: nn.Module) -> Iterator[None]:
             delattr(root, name)
 
 
-def _trace_train(root: nn.Module, n_inputs: int) -> tuple[fx.GraphModule, DropcheckTracer, str, tuple, list]:
-    """Trace in train mode with the plain tracer, then, if that fails, the zoo-aware one."""
+def _trace_train(root: nn.Module, inputs: tuple[Any, ...], mode: str) -> tuple[fx.GraphModule, DropcheckTracer, str,
+                                                                              Callable[[], DropcheckTracer]]:
+    """Trace in train mode with the plain tracer, then the zoo-aware one, then specialising on the
+    example input (analysis.specialise); returns how to make the same tracer again (for eval mode)."""
     leaves, functions = _zoo_tracer_config()
-    attempts = [("symbolic_trace", (), [])]
+    attempts: list[tuple[str, Callable[[], DropcheckTracer]]] = [("symbolic_trace", DropcheckTracer)]
     if leaves or functions:
-        attempts.append(("zoo-aware", leaves, functions))
-    error: DropcheckError | None = None
+        attempts.append(("zoo-aware", lambda: DropcheckTracer(leaves, functions)))
+    attempts.append(("specialised", lambda: _specialising(root, inputs, mode, leaves, functions)))
+    errors: list[DropcheckError] = []
     with _restored(root):
-        for method, extra, fns in attempts:
+        for method, make in attempts:
             root.train()
-            tracer = DropcheckTracer(extra, fns)
+            tracer = make()
             try:
-                return _trace(root, tracer, n_inputs=n_inputs), tracer, method, extra, fns
+                gm = _trace(root, tracer, n_inputs=len(inputs))
             except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-                error = error or _trace_error(root, exc)
-    assert error is not None
-    raise error
+                errors.append(trace_error(root, exc))
+                continue
+            if method == "specialised":
+                from .specialise import describe
+                stopped = errors[0].message.partition(": cannot")[0] if ": cannot" in errors[0].message else "?"
+                tracer.notes = [describe(tracer.decisions, inputs, stopped)]  # type: ignore[attr-defined]
+            return gm, tracer, method, make
+    raise errors[-1]  # the specialised trace's error: it got furthest
 
 
-def _trace_eval(root: nn.Module, n_inputs: int, extra: tuple, fns: list) -> tuple[fx.GraphModule, DropcheckTracer] | None:
+def _specialising(root: nn.Module, inputs: tuple[Any, ...], mode: str, leaves: tuple[type, ...],
+                  functions: list[Callable[..., Any]]) -> DropcheckTracer:
+    from .specialise import SpecialisingTracer
+    return SpecialisingTracer(root, inputs, mode, leaves, functions)
+
+
+def _trace_eval(root: nn.Module, n_inputs: int, make: Callable[[], DropcheckTracer]
+                ) -> tuple[fx.GraphModule, DropcheckTracer] | None:
     """The eval-mode graph, traced the way the train graph was; None if only eval mode fails."""
     with _restored(root):
         root.eval()
-        tracer = DropcheckTracer(extra, fns)
+        tracer = make()
         try:
             return _trace(root, tracer, n_inputs=n_inputs), tracer
         except Exception:  # noqa: BLE001 - eval-only failure: DC006 cannot be checked
@@ -278,13 +182,14 @@ def capture_graph(target: Target, eval_graph: bool = True) -> Capture:
         raise DropcheckError("load", f"{target.spec} is a {type(root).__name__}, not an nn.Module",
                              "audit() takes an nn.Module")
     mode, inputs = shape_mode(target)  # before tracing: a GraphModule keeps references to parameters
-    train_gm, tracer, method, extra, fns = _trace_train(root, len(inputs))
+    train_gm, tracer, method, make = _trace_train(root, inputs, mode)
+    extra, fns = tracer.extra_leaves, tracer.autowrap_fns
 
     inlined: dict[str, Inlined] = {}
     opaque: list[OpaqueRegion] = []
     _inline_leaves(train_gm, "", extra, fns, inlined, opaque, depth=0)
     wanted = eval_graph or _calls_functional_dropout(train_gm, inlined)
-    evaluated = _trace_eval(root, len(inputs), extra, fns) if wanted else None
+    evaluated = _trace_eval(root, len(inputs), make) if wanted else None
     shapes = propagate_shapes(train_gm, inputs, mode, inlined)
     nodes, outputs = build_flow_graph(train_gm, tracer, inlined, shapes)
     live = _eval_live_dropouts(evaluated, root, train_gm, inlined, extra, fns) if evaluated else []
@@ -292,6 +197,7 @@ def capture_graph(target: Target, eval_graph: bool = True) -> Capture:
                       nodes=nodes, outputs=outputs, eval_live_dropouts=live, method=method,
                       device="meta" if mode == "meta" else "cpu", opaque=opaque, declared=dict(target.declared_at),
                       owners=dict(tracer.owners), eval_owners=dict(evaluated[1].owners) if evaluated else {})
+    capture.notes.extend(getattr(tracer, "notes", []))
     if wanted and evaluated is None:
         capture.notes.append("the eval-mode trace failed, so always-on dropout (DC006) was not checked")
     return capture

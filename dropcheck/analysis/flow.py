@@ -2,9 +2,14 @@
 
 Edges follow values, not Python variables: an in-place op (`out.add_(x)`, `x += y`,
 `nn.ReLU(inplace=True)`) makes every later reader of the mutated tensor read the op's result.
+Reading a tensor's size is not reading its values: `x.size(0)`, `.shape`, arithmetic on them and
+factories that take them (`torch.zeros(n, c, h, w)`) carry no data edge, so a zero padding sized
+from a branch's output does not make the other operand of a residual add depend on that branch.
 """
 from __future__ import annotations
 
+import builtins
+import math
 import operator
 from typing import Any
 
@@ -14,6 +19,17 @@ from ..records import FlowNode
 from .shapes import Inlined
 
 _INPLACE_FUNCTIONS = {operator.iadd, operator.imul, operator.isub, operator.itruediv}
+# what reads a tensor's metadata only (call_method targets; getattr names)
+_SIZE_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "get_device", "element_size", "is_contiguous"}
+_SIZE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}
+# factories that read only their argument's size, dtype and device
+_LIKE_FACTORIES = {"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
+                   "new_full", "new_tensor"}
+# Python-level arithmetic a traced size can go through and stay a size
+_SCALAR_FUNCTIONS = frozenset(
+    [f for f in vars(operator).values() if callable(f)] + [builtins.len, builtins.max, builtins.min, builtins.int,
+                                                          builtins.abs, builtins.round, *(
+        f for f in vars(math).values() if callable(f))])
 
 
 def build_flow_graph(gm: fx.GraphModule, tracer: Any, inlined: dict[str, Inlined],
@@ -22,6 +38,7 @@ def build_flow_graph(gm: fx.GraphModule, tracer: Any, inlined: dict[str, Inlined
     nodes: dict[str, FlowNode] = {}
     outputs = _add_graph(gm, "", "", tracer, inlined, shapes, nodes, placeholder_inputs=[])
     _follow_inplace_updates(nodes, outputs)
+    _ignore_size_reads(nodes)
     for fn in nodes.values():
         for i in fn.inputs:
             nodes[i].users.append(fn.name)
@@ -97,3 +114,28 @@ def _follow_inplace_updates(nodes: dict[str, FlowNode], outputs: list[str]) -> N
                 if new == target:
                     latest[old] = n.name
     outputs[:] = [latest.get(o, o) for o in outputs]
+
+
+def _reads_size_only(n: FlowNode, sizes: set[str]) -> bool:
+    if n.op == "call_method" and (n.target in _SIZE_METHODS or n.target in _LIKE_FACTORIES):
+        return True
+    if n.op == "call_function" and getattr(n.target, "__name__", "") in _LIKE_FACTORIES and \
+            getattr(n.target, "__module__", "") in ("torch", "torch._C._VariableFunctions", None):
+        return True
+    if n.op != "call_function":
+        return False
+    if n.target is builtins.getattr:
+        return len(n.args) > 1 and n.args[1] in _SIZE_ATTRIBUTES
+    return n.target in _SCALAR_FUNCTIONS and bool(n.inputs) and all(i in sizes for i in n.inputs)
+
+
+def _ignore_size_reads(nodes: dict[str, FlowNode]) -> None:
+    """Sizes (and Python arithmetic on them) carry no data: edges from them are dropped."""
+    sizes: set[str] = set()
+    for n in nodes.values():
+        if _reads_size_only(n, sizes):
+            sizes.add(n.name)
+    if not sizes:
+        return
+    for n in nodes.values():
+        n.inputs = [] if n.name in sizes else [i for i in n.inputs if i not in sizes]

@@ -5,8 +5,6 @@ Spec forms: `path/model.py`, `path/model.py:Name`, `package.module:Name`, `torch
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import os
 import sys
@@ -20,11 +18,14 @@ import torch
 from torch import nn
 
 from ..records import DropcheckError, SourceLocation, Target
+from .submodule import SEPARATOR, split_submodule, submodule_target
+from .imports import (USER_MODULE_PREFIX, display_path, first_line, import_file, import_module, is_library_frame,
+                      package_of, user_frame, user_location)
+
+__all__ = ["DEFAULT_INPUT_SHAPE", "USER_MODULE_PREFIX", "display_path", "is_library_frame", "load_target",
+           "target_location"]  # the path helpers live in .imports; fixer and measurement name them here
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
-USER_MODULE_PREFIX = "dropcheck_user_"  # the module name a model file is imported under, then its path
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # dropcheck/
 
 
 def load_target(spec: str, model_args: dict[str, Any] | None = None,
@@ -34,13 +35,30 @@ def load_target(spec: str, model_args: dict[str, Any] | None = None,
     On the meta device where possible (no weights materialised); with `weights`, on the CPU with
     its initial weights (fix and measure need real tensors).
     """
+    base, submodule = split_submodule(spec)
+    if submodule:
+        return submodule_target(load_target(base, model_args, input_shape, weights), submodule, spec)
     kwargs = dict(model_args or {})
     kind, factory, default_shape, label = _resolve(spec, kwargs)
     model, device, declared = _build(factory, kwargs, label, ("cpu",) if weights else ("meta", "cpu"))
-    shape = tuple(input_shape) if input_shape else (
-        _declared_shape(model, kind) or default_shape or DEFAULT_INPUT_SHAPE)
+    shape = tuple(input_shape) if input_shape else (_declared_shape(model, kind) or default_shape)
+    notes = []
+    if shape is None and kind in ("file", "module"):
+        from .input_shape import infer_input_shape
+        from .shapes import REAL_RUN_MAX_PARAMS
+
+        if device == "meta" and sum(p.numel() for p in model.parameters()) <= REAL_RUN_MAX_PARAMS:
+            # the capture would materialise it for its shape run anyway; real kernels beat meta ones
+            # (whose first use imports torch._dynamo, about 1.5 s)
+            model.to_empty(device="cpu")
+            device = "cpu"
+        shape, note = infer_input_shape(model, device)
+        # when nothing fits, the usual default goes on and the capture says where it does not fit
+        notes.append(note if shape is not None else
+                     f"input shape {'x'.join(map(str, DEFAULT_INPUT_SHAPE))} assumed: {note}")
+    shape = shape or DEFAULT_INPUT_SHAPE
     example = torch.randn(*shape, device=device) if device == "cpu" else torch.empty(*shape, device=device)
-    return Target(spec=spec, model=model, example_input=example, origin=kind, declared_at=declared)
+    return Target(spec=spec, model=model, example_input=example, origin=kind, declared_at=declared, notes=notes)
 
 
 # --- resolving the spec to a factory -------------------------------------------------------------
@@ -52,22 +70,27 @@ def _resolve(spec: str, kwargs: dict[str, Any]) -> tuple[str, Callable[..., Any]
         return ("timm", *_timm_factory(spec.split(":", 1)[1]))
     path_part, _, name = _split_spec(spec)
     if path_part.endswith(".py") or os.sep in path_part or "/" in path_part or Path(path_part).is_file():
-        module = _import_file(path_part)
+        module = import_file(path_part)
         origin = "file"
     else:
-        module = _import_module(path_part)
+        module = import_module(path_part)
         origin = "module"
     factory, label = _pick_candidate(module, name, path_part, kwargs)
     return origin, factory, getattr(module, "INPUT_SHAPE", None), label
 
 
 def target_location(spec: str) -> tuple[Path, str]:
-    """For the user's own code: the project folder (a file's folder; the working directory for a
-    module) and the spec that names the same target from a copy of that folder."""
-    path_part, sep, name = _split_spec(spec)
+    """For the user's own code: the project folder (a file's folder, or the folder above its package;
+    the working directory for a module) and the spec that names the same target from a copy of it."""
+    base, submodule = split_submodule(spec)
+    tail = SEPARATOR + submodule if submodule else ""
+    path_part, sep, name = _split_spec(base)
     if path_part.endswith(".py") or os.sep in path_part or "/" in path_part or Path(path_part).is_file():
         path = Path(path_part).resolve()
-        return path.parent, path.name + sep + name
+        package = package_of(path)
+        if package is not None:
+            return package[0], str(path.relative_to(package[0])) + sep + name + tail
+        return path.parent, path.name + sep + name + tail
     return Path(os.getcwd()).resolve(), spec
 
 
@@ -123,65 +146,6 @@ def _timm_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...] | None
         return timm.create_model(name, **kw)
 
     return factory, shape, f"timm:{name}"
-
-
-def _import_file(path_text: str) -> types.ModuleType:
-    path = Path(path_text)
-    if not path.is_file():
-        raise DropcheckError("load", f"{path_text}: no such file", "check the path, or use package.module:Name")
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise DropcheckError("load", f"{path_text}: cannot read ({exc.strerror})", "check the file's permissions") from exc
-    if b"\0" in source:  # compile() refuses NUL bytes anywhere, with no line number
-        raise DropcheckError("load", f"{path_text}: not a Python source file (binary)", "give the .py file that defines the model")
-    try:
-        compile(source, str(path), "exec")
-    except SyntaxError as exc:
-        place = f"{path_text}:{exc.lineno}" if exc.lineno else path_text
-        raise DropcheckError("load", f"{place}: syntax error: {exc.msg}",
-                             "fix the syntax error; the file must import cleanly") from exc
-    mod_name = USER_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in str(path.resolve()))
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
-    with _sys_path_front(str(path.resolve().parent)):
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:  # the user's module failed while importing
-            sys.modules.pop(mod_name, None)
-            where = _user_frame(exc.__traceback__)
-            place = f"{where.file}:{where.line}" if where else path_text
-            raise DropcheckError("load", f"{place}: importing {path.name} failed: {type(exc).__name__}: {_first_line(exc)}",
-                                 _import_hint(exc)) from exc
-    return module
-
-
-def _import_module(name: str) -> types.ModuleType:
-    if not name or not all(part.isidentifier() for part in name.split(".")):
-        raise DropcheckError("load", f"'{name}' is neither a file nor a module name",
-                             "give path/model.py, package.module:Name, torchvision:NAME or timm:NAME")
-    with _sys_path_front(os.getcwd()):
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                raise DropcheckError("load", f"no module named '{name}'",
-                                     "check the spelling, or give a file path ending in .py") from exc
-            raise DropcheckError("load", f"importing {name} failed: {type(exc).__name__}: {_first_line(exc)}",
-                                 _import_hint(exc)) from exc
-        except Exception as exc:
-            where = _user_frame(exc.__traceback__)
-            place = f"{where.file}:{where.line}: " if where else ""
-            raise DropcheckError("load", f"{place}importing {name} failed: {type(exc).__name__}: {_first_line(exc)}",
-                                 _import_hint(exc)) from exc
-
-
-def _import_hint(exc: BaseException) -> str:
-    if isinstance(exc, ModuleNotFoundError):
-        return f"install '{exc.name}' or fix the import" if exc.name else "fix the import"
-    return "the model file must import without errors; run it with python to see the full traceback"
 
 
 def _pick_candidate(module: types.ModuleType, name: str, where: str,
@@ -273,7 +237,7 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
                 model = factory(**kwargs)
         except TypeError as exc:
             if "argument" in str(exc):
-                raise DropcheckError("load", f"{label}: {_first_line(exc)}",
+                raise DropcheckError("load", f"{label}: {first_line(exc)}",
                                      "check the -a KEY=VALUE constructor arguments") from exc
             first_error = first_error or exc
             continue
@@ -285,14 +249,22 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
         if not isinstance(model, nn.Module):
             raise DropcheckError("load", f"{label} returned {type(model).__name__}, not an nn.Module",
                                  "name a class or a function that returns the model")
+        if len(_devices(model)) > 1 and device != devices[-1]:
+            # parameters made from numpy arrays or legacy constructors ignore the default device:
+            # half meta, half CPU would clash on the first forward, so build it all on the next device
+            continue
         declared = {name: by_id[id(m)] for name, m in model.named_modules() if id(m) in by_id}
         return model, _device_of(model, device), declared
     assert first_error is not None
-    where = _user_frame(first_error.__traceback__)
+    where = user_frame(first_error.__traceback__)
     place = f" ({where})" if where else ""
     raise DropcheckError("load", f"{label}: building the model failed{place}: "
-                         f"{type(first_error).__name__}: {_first_line(first_error)}",
+                         f"{type(first_error).__name__}: {first_line(first_error)}",
                          "check the constructor arguments (-a KEY=VALUE)") from first_error
+
+
+def _devices(model: nn.Module) -> set[str]:
+    return {t.device.type for t in model.parameters()} | {t.device.type for t in model.buffers()}
 
 
 def _device_of(model: nn.Module, wanted: str) -> str:
@@ -325,7 +297,7 @@ def _record_declarations(by_id: dict[int, SourceLocation]) -> Iterator[None]:
 
     def hook(parent: nn.Module, name: str, sub: Any) -> None:
         if isinstance(sub, nn.Module) and id(sub) not in by_id:
-            loc = _user_location(sys._getframe(1))
+            loc = user_location(sys._getframe(1))
             if loc is not None:
                 by_id[id(sub)] = loc
 
@@ -336,56 +308,3 @@ def _record_declarations(by_id: dict[int, SourceLocation]) -> Iterator[None]:
         handle.remove()
 
 
-@contextmanager
-def _sys_path_front(path: str) -> Iterator[None]:
-    sys.path.insert(0, path)
-    try:
-        yield
-    finally:
-        try:
-            sys.path.remove(path)
-        except ValueError:
-            pass
-
-
-# --- source locations ----------------------------------------------------------------------------
-
-def is_library_frame(filename: str) -> bool:
-    """Frames of torch itself or of dropcheck are never 'the user's source'."""
-    return filename.startswith(_TORCH_DIR) or filename.startswith(_PACKAGE_DIR) or filename.startswith("<")
-
-
-def _user_location(frame: types.FrameType | None) -> SourceLocation | None:
-    """From `frame` outwards, the first frame outside torch and dropcheck: the user's line that made the call."""
-    while frame is not None:
-        if not is_library_frame(frame.f_code.co_filename):
-            return SourceLocation(display_path(frame.f_code.co_filename), frame.f_lineno)
-        frame = frame.f_back
-    return None
-
-
-def _user_frame(tb: types.TracebackType | None) -> SourceLocation | None:
-    """The innermost traceback frame outside torch and dropcheck."""
-    found = None
-    while tb is not None:
-        if not is_library_frame(tb.tb_frame.f_code.co_filename):
-            found = SourceLocation(display_path(tb.tb_frame.f_code.co_filename), tb.tb_lineno)
-        tb = tb.tb_next
-    return found
-
-
-def display_path(filename: str) -> str:
-    """Relative to the working directory when inside it; else from the package root for installed code."""
-    path = os.path.abspath(filename)
-    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
-        if marker in path:  # installed code: timm/models/resnet.py reads better than a venv path
-            return path.split(marker, 1)[1]
-    cwd = os.getcwd()
-    if path.startswith(cwd + os.sep):
-        return os.path.relpath(path, cwd)
-    return path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -63,7 +63,7 @@ def audit_captured(target: Target, capture: Capture, enabled: frozenset[str] | N
     report = Report(target=target.spec, model=type(target.model).__name__, input_shape=target.input_shape,
                     capture=info, dropouts=analysis.sites, stochastic_depth=analysis.stochastic_depth,
                     opaque_regions=list(capture.opaque), findings=run_rules(analysis.sites, rules, enabled),
-                    notes=analysis.notes)
+                    notes=list(target.notes) + analysis.notes)
     if ignores:
         apply_ignores(report)
     return analysis, report

@@ -19,7 +19,7 @@ from torch import fx, nn
 from . import ops
 from ..records import DropcheckError, Target
 
-_REAL_RUN_MAX_PARAMS = 30_000_000
+REAL_RUN_MAX_PARAMS = 30_000_000
 
 
 class Inlined:
@@ -202,11 +202,11 @@ def shape_mode(target: Target) -> tuple[str, tuple[Any, ...]]:
     params = sum(p.numel() for p in root.parameters())
     on_meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs)
     if on_meta:
-        if target.origin != "api" and params <= _REAL_RUN_MAX_PARAMS and "torch._dynamo" not in sys.modules:
+        if target.origin != "api" and params <= REAL_RUN_MAX_PARAMS and "torch._dynamo" not in sys.modules:
             root.to_empty(device="cpu")
             return "real", tuple(torch.randn(*x.shape) if isinstance(x, torch.Tensor) else x for x in inputs)
         return "meta", inputs
-    return ("real" if params <= _REAL_RUN_MAX_PARAMS else "fake"), inputs
+    return ("real" if params <= REAL_RUN_MAX_PARAMS else "fake"), inputs
 
 
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: str,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.pipeline import api_target, audit_captured
-from ..records import Check, FixResult, Report, SourceFix, Target
+from ..records import Check, DropcheckError, FixResult, Report, SourceFix, Target
 
 
 def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
@@ -21,6 +21,12 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
     from .verify import verify_fix
 
     capture = capture_graph(target)
+    if capture.method.startswith("specialised"):
+        shape = "x".join(str(d) for d in target.input_shape)
+        raise DropcheckError("trace", f"{target.spec}: plain fx cannot trace it, and the graph specialised on "
+                             f"{shape} holds that input's sizes: a model rebuilt from it would run on that shape only",
+                             "fix your source file instead (dropcheck fix FILE --diff, then --in-place), or make "
+                             "forward traceable")
     analysis = find_sites(capture)
     plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
     fixed = build_fixed(capture, plan)

@@ -23,6 +23,10 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
     started = time.perf_counter()
     run_on = resolve_device(device)
     capture = capture_graph(target, eval_graph=False)
+    if capture.method.startswith("specialised") and target.input_shape[:1] != [batch_size]:
+        # a specialised graph holds the example's sizes: capture it again at the batch size measured with
+        target = _with_batch(target, batch_size)
+        capture = capture_graph(target, eval_graph=False)
     analysis, report = audit_captured(target, capture, enabled, ignores)
     shape = tuple(target.input_shape)[1:]
 
@@ -40,6 +44,19 @@ def measure_loaded(target: Target, *, batches: int = 4, batch_size: int = 32, da
                                "device": str(run_on), "calibrated": not pretrained, "seed": seed}
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _with_batch(target: Target, batch_size: int) -> Target:
+    import dataclasses
+
+    import torch
+
+    x = target.inputs[0]
+    if len(target.inputs) != 1 or not isinstance(x, torch.Tensor):
+        raise DropcheckError("trace", f"{target.spec}: the graph was specialised on its example input and the model "
+                             "takes several inputs", "measure with --batch-size equal to the input's batch")
+    example = torch.randn(batch_size, *x.shape[1:], dtype=x.dtype, device=x.device)
+    return dataclasses.replace(target, example_input=example)
 
 
 def measure_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,

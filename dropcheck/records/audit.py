@@ -80,6 +80,7 @@ class Target:
     example_input: Any  # torch.Tensor
     origin: str = ""  # "file", "module", "torchvision", "timm", "api"
     declared_at: dict[str, SourceLocation] = field(default_factory=dict)  # module qualname -> line
+    notes: list[str] = field(default_factory=list)  # for the report: how the input shape was chosen
 
     @property
     def inputs(self) -> tuple[Any, ...]:
