@@ -155,3 +155,11 @@ def test_constructor_raising_names_the_users_line(tmp_path: Path) -> None:
         """)
     error = _load_error(spec)
     assert "model.py:6" in error.message and "RuntimeError: boom" in error.message
+
+
+@pytest.mark.parametrize("spec, first", [("timm:resnet5", "resnet50"), ("timm:resnt18", "resnet18"),
+                                         ("torchvision:resnt18", "resnet18"),
+                                         ("timm:efficientnet_b", "efficientnet_b0")])
+def test_a_zoo_name_that_is_not_there_suggests_the_nearest(spec: str, first: str) -> None:
+    error = _load_error(spec)
+    assert error.hint.startswith(f"did you mean {first},")

@@ -171,3 +171,13 @@ def test_resolution_keeps_identical_one_image_differences_from_reading_as_certai
     assert paired_difference([b - step for b in base], base).verdict == "worse"  # no resolution: "certain"
     five = paired_difference([b - step for b in base + base[:2]], base + base[:2], resolution=step)
     assert five.verdict == "worse"  # the same one image in five seeds out of five is evidence
+
+
+def test_two_seeds_that_differ_a_lot_are_too_few_for_a_null_verdict():
+    # +16 points on both seeds but a spread of 4: the df = 1 interval (t = 12.7) holds 0
+    result = paired_difference([80.0, 84.0], [66.0, 66.0])
+    assert result.n == 2 and result.mean == pytest.approx(16.0)
+    assert result.low < 0 < result.high
+    assert result.verdict == "too few seeds"
+    # an interval that excludes 0 is a verdict at any n
+    assert paired_difference([80.0, 80.5], [66.0, 66.0]).verdict == "better"

@@ -107,7 +107,7 @@ def _torchvision_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...]
 
     available = tvm.list_models()
     if name not in available:
-        close = [m for m in available if name.lower() in m][:5]
+        close = _close_names(name, available)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         raise DropcheckError("load", f"torchvision has no model '{name}'", hint)
     shape = None
@@ -125,11 +125,23 @@ def _torchvision_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...]
     return factory, shape, f"torchvision:{name}"
 
 
+def _close_names(name: str, names: list[str]) -> list[str]:
+    """Up to five names near `name`: those it begins (shortest first), then by edit distance (a
+    typo), then those that contain it."""
+    import difflib
+
+    wanted = name.lower()
+    prefix = sorted((n for n in names if n.startswith(wanted)), key=lambda n: (len(n), n))
+    near = [n for n in difflib.get_close_matches(wanted, names, n=5, cutoff=0.75) if n not in prefix]
+    within = [n for n in names if wanted in n and n not in prefix and n not in near]
+    return (prefix + near + within)[:5]
+
+
 def _timm_factory(name: str) -> tuple[Callable[..., Any], tuple[int, ...] | None, str]:
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
+        close = _close_names(name, timm.list_models())
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise DropcheckError("load", f"timm has no model '{name}'", hint)
     shape = None

@@ -317,7 +317,9 @@ class Report:
             "unused_ignores": [u.to_dict() for u in self.unused_ignores] if self.unused_ignores is not None else None,
         }
 
+    @property
     def worst(self) -> Severity | None:
+        """The highest severity among the findings, None when there are none."""
         ranked = sorted((f.severity for f in self.findings), key=lambda s: s.rank)
         return ranked[-1] if ranked else None
 

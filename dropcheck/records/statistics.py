@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 VERDICTS = ("better", "no detectable difference", "worse", "too few seeds")
+MIN_SEEDS_FOR_NULL = 3  # below this, only an interval that excludes 0 is a verdict
 
 _CF_EPS = 1e-15
 _CF_TINY = 1e-300
@@ -82,6 +83,9 @@ def paired_difference(treatment: Sequence[float], baseline: Sequence[float], lev
     half_width = t_quantile((1.0 + level) / 2.0, diff.n - 1) * spread / math.sqrt(diff.n)
     low, high = diff.mean - half_width, diff.mean + half_width
     verdict = "better" if low > 0 else "worse" if high < 0 else "no detectable difference"
+    if verdict == "no detectable difference" and diff.n < MIN_SEEDS_FOR_NULL:
+        # two seeds: df = 1, t = 12.7 at 95%; an interval holding 0 says nothing about the difference
+        verdict = "too few seeds"
     return PairedDifference(diff.n, diff.mean, diff.std, low, high, level, verdict)
 
 
