@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .declarations import element_lines
 from ..records import DropcheckError, SourceLocation, Target
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -286,6 +287,7 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
             raise DropcheckError("load", f"{label} returned {type(model).__name__}, not an nn.Module",
                                  "name a class or a function that returns the model")
         declared = {name: by_id[id(m)] for name, m in model.named_modules() if id(m) in by_id}
+        declared = element_lines(model.named_modules(), declared)  # nn.Sequential( ... ) elements: their own lines
         return model, _device_of(model, device), declared
     assert first_error is not None
     where = _user_frame(first_error.__traceback__)
