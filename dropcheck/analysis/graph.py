@@ -333,9 +333,33 @@ class Branch:
         # merge side back to the fork along main inputs
         self.chain = g.back_to_fork(self.side, [self.skip] if self.skip is not None else [])
         self.on_skip = not any(g.kinds[i] == WEIGHT for i in self.chain)
+        self.shared_preact = self._shared_preactivation()
 
     def in_fork(self, j: int) -> bool:
-        return self.skip is not None and self.g.depends(self.skip, j)
+        """j lies at or above the fork (the skip depends on it), but not in a shared pre-activation."""
+        return self.skip is not None and j not in self.shared_preact and self.g.depends(self.skip, j)
+
+    def _shared_preactivation(self) -> frozenset[int]:
+        """A pre-activation block with a projection shortcut (WideResNet, PreResNet): its first BN–ReLU
+        runs before the fork and feeds both the branch and the 1x1 convolution on the skip, so the
+        branch starts with a weight layer. Those nodes, BN to fork, count as the branch's start (as
+        they do in the same block with an identity skip); empty for any other block."""
+        g = self.g
+        layers = [i for i in self.chain if g.kinds[i] in (BN, WEIGHT)]
+        if self.skip is None or not layers or g.kinds[layers[-1]] != WEIGHT or g.kinds[layers[0]] != WEIGHT:
+            return frozenset()  # a ResNetV1 branch ends in BN: no pre-activation to share
+        projection = g.back_to_fork(self.skip, [self.side] if self.side is not None else [])
+        if not any(g.kinds[i] == WEIGHT for i in projection):
+            return frozenset()
+        shared, j = [], g.main_input(self.chain[-1])
+        for _ in range(MAX_BACK_STEPS):
+            if j is None or g.kinds[j] not in (ACT, BN, OTHER):
+                return frozenset()
+            shared.append(j)
+            if g.kinds[j] == BN:
+                return frozenset(shared)
+            j = g.main_input(j)
+        return frozenset()
 
     def weight_after_s(self) -> bool:
         """A weight layer on the main chain between s and the merge (SE gates are side paths)."""
@@ -345,9 +369,10 @@ class Branch:
         return any(self.g.kinds[i] == WEIGHT for i in after if i != self.s)
 
     def preactivation(self) -> bool:
-        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2)."""
+        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2), or its
+        BN–ReLU is shared with a projection shortcut just before the fork."""
         layers = [i for i in self.chain if self.g.kinds[i] in (BN, WEIGHT)]
-        return bool(layers) and self.g.kinds[layers[-1]] == BN
+        return bool(layers) and (self.g.kinds[layers[-1]] == BN or bool(self.shared_preact))
 
     def position(self, pre_bn: bool) -> str | None:
         """P1..P7 where the branch is a pre-activation one."""

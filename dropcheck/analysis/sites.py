@@ -66,7 +66,8 @@ def _place(g: Graph, s: int) -> _Placement:
         up = g.upstream_layer(s)
         position = "H3" if up.layer == BN and not up.act_between else "H4"
         return _Placement(SiteKind.HEAD_PRE_GAP, position, (), None,
-                          "before global pooling, after the head's last BatchNorm (Guideline 2)")
+                          "before global pooling, after the head's last BatchNorm (Guideline 2)" if g.head_bns
+                          else "before global pooling, with no BatchNorm after it (Guideline 2)")
     if not g.has_bn:
         return _Placement(SiteKind.OTHER, None, (), merge_name, "the model has no BatchNorm")
     branch = g.branch_of(s)
@@ -105,8 +106,12 @@ def _branch_placement(g: Graph, s: int, branch: Branch, merge_name: str | None) 
     if not branch.weight_after_s() and up.layer == WEIGHT:
         return _Placement(SiteKind.BRANCH_POST_WEIGHT, position, (), merge_name,
                           "after the branch's last weight layer (PostDropout, Prop. 2)")
-    return _Placement(SiteKind.BRANCH_GUIDELINE, position, (), merge_name,
-                      "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)")
+    after = branch.chain[branch.chain.index(s):] if s in branch.chain else branch.chain
+    if any(g.kinds[i] == BN for i in after) or branch.shared_preact:
+        why = "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)"
+    else:
+        why = "in a residual branch with no BatchNorm; merges with the skip before the next BN"
+    return _Placement(SiteKind.BRANCH_GUIDELINE, position, (), merge_name, why)
 
 
 def _enters_residual_block(g: Graph, s: int, first_bn: int) -> bool:
@@ -265,7 +270,8 @@ def _unused_sites(g: Graph, capture: Capture, sites: list[Site]) -> list[Site]:
         if p <= 0 or any(qual.startswith(h) for h in hidden):
             continue
         parent = qual.rpartition(".")[0]
-        if any(p in values for owner, values in fused_ps.items() if owner == parent or owner.startswith(parent + ".")):
+        if any(p in values for owner, values in fused_ps.items()
+               if not parent or owner == parent or owner.startswith(parent + ".")):
             continue  # timm attention keeps attn_drop for its p and passes it to scaled_dot_product_attention
         out.append(Site(id=qual, module=qual, op=type(m).__name__, p=p, site=SiteKind.UNUSED,
                         active=False, why="declared but never called in forward",
@@ -281,6 +287,6 @@ def _fused_attention_ps(g: Graph) -> dict[str, set[float]]:
     for n in g.nodes:
         if n.op == "call_function" and n.target in ops.ATTENTION_FUNCTIONS:
             found.setdefault(n.owner, set()).add(ops.function_p_and_training(n.target, n.args, n.kwargs)[0])
-        elif n.op == "call_module" and ops.is_attention_module(n.module):
-            found.setdefault(n.owner, set()).add(ops.module_p(n.module))
+        elif n.op == "call_module" and ops.is_attention_module(n.module):  # held by its parent
+            found.setdefault(str(n.target).rpartition(".")[0], set()).add(ops.module_p(n.module))
     return found
