@@ -107,7 +107,7 @@ def _branch_placement(g: Graph, s: int, branch: Branch, merge_name: str | None) 
         return _Placement(SiteKind.BRANCH_POST_WEIGHT, position, (), merge_name,
                           "after the branch's last weight layer (PostDropout, Prop. 2)")
     after = branch.chain[branch.chain.index(s):] if s in branch.chain else branch.chain
-    if any(g.kinds[i] == BN for i in after) or branch.shared_preact:
+    if any(g.kinds[i] == BN for i in after) or branch.shared_bn is not None:
         why = "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)"
     else:
         why = "in a residual branch with no BatchNorm; merges with the skip before the next BN"
