@@ -62,7 +62,7 @@ def test_rule_sites_and_conditions_follow_the_design_table() -> None:
     declared = {r.code: (r.fires_when, set(r.sites)) for r in load_rules()}
     assert declared == {
         "DC001": ("reaches-batchnorm", {"any"}),  # whatever the site kind (timm's RepViT: head.post_gap)
-        "DC002": ("site-kind", {"head.post_gap"}),
+        "DC002": ("site-kind", {"head.post_gap", "head.pre_gap_channel"}),  # channel-wise before GAP is H5
         "DC003": ("site-kind", {"head.logits"}),
         "DC004": ("repeated-in-branch", {"branch.pre_bn", "branch.guideline", "branch.post_weight"}),
         "DC005": ("site-kind", {"branch.post_weight"}),

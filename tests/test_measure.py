@@ -93,9 +93,10 @@ def test_delta_below_one_exactly_where_dc001_says_a_dropout_reaches(spec: str, k
         return (torch.randn(*shape, generator=generator) for _ in range(2))
 
     measurements = measure_model(capture, analysis, batches, torch.device("cpu"), copy_model=False)
-    flagged = {bn for s in analysis.sites if s.active for bn in s.reaches}
+    first = {bn for s in analysis.sites if s.active for bn in s.reaches}
     bns = [m for m in measurements if m.kind == "batchnorm"]
-    assert flagged and {m.module for m in bns if m.flagged} == flagged
+    # every first BatchNorm DC001 names is flagged, and so is any later one on the same path
+    assert first and first <= {m.module for m in bns if m.flagged}
     for m in bns:
         if m.flagged:
             assert m.delta_mean < 1, m

@@ -149,7 +149,9 @@ def test_an_ignore_on_the_declaration_of_a_dropout_in_sequential(audited: dict[s
     rep = audited[name]
     (site,) = rep.dropouts
     assert site.id == "head.1" and site.declared is not None
-    assert site.declared.line == _line_of(models / f"{name}.py", "self.head = nn.Sequential(")
+    # the element's own line (issue 13: it was the `nn.Sequential(` line); the container's line
+    # still covers its elements
+    assert site.declared.line == _line_of(models / f"{name}.py", "nn.Dropout(0.2)")
     assert rep.findings == [] and _rules(rep.suppressed) == ["DC002"]
 
 

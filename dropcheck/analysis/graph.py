@@ -333,9 +333,23 @@ class Branch:
         # merge side back to the fork along main inputs
         self.chain = g.back_to_fork(self.side, [self.skip] if self.skip is not None else [])
         self.on_skip = not any(g.kinds[i] == WEIGHT for i in self.chain)
+        self.shared_bn = self._shared_preactivation()
 
     def in_fork(self, j: int) -> bool:
-        return self.skip is not None and self.g.depends(self.skip, j)
+        """At or above the fork (the skip depends on j), short of a BN–ReLU shared with a projection skip."""
+        return self.skip is not None and (self.shared_bn is None or j < self.shared_bn) and self.g.depends(self.skip, j)
+
+    def _shared_preactivation(self) -> int | None:
+        """The BN of a pre-activation block's first BN–ReLU where it runs before the fork, feeding the
+        branch and a 1x1 conv on the skip (WideResNet, PreResNet): it counts as the branch's start."""
+        g, layers = self.g, [i for i in self.chain if self.g.kinds[i] in (BN, WEIGHT)]
+        if self.skip is None or not layers or g.kinds[layers[-1]] != WEIGHT or g.kinds[layers[0]] != WEIGHT:
+            return None  # starts with its own BN, or ends in BN (ResNetV1)
+        projection = g.back_to_fork(self.skip, [self.side] if self.side is not None else [])
+        j = g.main_input(self.chain[-1])
+        while j is not None and g.kinds[j] in (ACT, OTHER):
+            j = g.main_input(j)
+        return j if j is not None and g.kinds[j] == BN and any(g.kinds[i] == WEIGHT for i in projection) else None
 
     def weight_after_s(self) -> bool:
         """A weight layer on the main chain between s and the merge (SE gates are side paths)."""
@@ -345,9 +359,9 @@ class Branch:
         return any(self.g.kinds[i] == WEIGHT for i in after if i != self.s)
 
     def preactivation(self) -> bool:
-        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2)."""
+        """The branch's first layer after the fork is a BatchNorm (the paper's Figure 2), or shared_bn."""
         layers = [i for i in self.chain if self.g.kinds[i] in (BN, WEIGHT)]
-        return bool(layers) and self.g.kinds[layers[-1]] == BN
+        return bool(layers) and (self.g.kinds[layers[-1]] == BN or self.shared_bn is not None)
 
     def position(self, pre_bn: bool) -> str | None:
         """P1..P7 where the branch is a pre-activation one."""

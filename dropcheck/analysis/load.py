@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .declarations import element_lines
 from ..records import DropcheckError, SourceLocation, Target
 from .submodule import SEPARATOR, split_submodule, submodule_target
 from .imports import (USER_MODULE_PREFIX, display_path, first_line, import_file, import_module, is_library_frame,
@@ -266,6 +267,7 @@ def _build(factory: Callable[..., Any], kwargs: dict[str, Any], label: str,
             # half meta, half CPU would clash on the first forward, so build it all on the next device
             continue
         declared = {name: by_id[id(m)] for name, m in model.named_modules() if id(m) in by_id}
+        declared = element_lines(model.named_modules(), declared)  # nn.Sequential( ... ) elements: their own lines
         return model, _device_of(model, device), declared
     assert first_error is not None
     where = user_frame(first_error.__traceback__)

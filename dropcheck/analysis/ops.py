@@ -37,6 +37,10 @@ MODULE_FOR_DROPOUT_FUNCTION: dict[str, type[nn.Module]] = {
     "alpha_dropout": nn.AlphaDropout, "feature_alpha_dropout": nn.FeatureAlphaDropout,
     "feature_dropout": nn.Dropout2d,
 }
+# dropouts that zero whole channels (feature maps) rather than single elements
+CHANNELWISE_DROPOUT_MODULES = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.FeatureAlphaDropout)
+CHANNELWISE_DROPOUT_FUNCTIONS = {F.dropout1d, F.dropout2d, F.dropout3d, F.feature_alpha_dropout,
+                                 torch.feature_dropout, torch.feature_alpha_dropout}
 ATTENTION_FUNCTIONS = {F.scaled_dot_product_attention}
 BATCHNORM_FUNCTIONS = {F.batch_norm, torch.batch_norm}
 WEIGHT_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
@@ -149,6 +153,13 @@ def is_activation_module(m: nn.Module) -> bool:
 
 def is_attention_module(m: nn.Module) -> bool:
     return isinstance(m, nn.MultiheadAttention)
+
+
+def masks_channels(module: nn.Module | None, fn: Any = None) -> bool:
+    """A channel-wise dropout (Dropout1d/2d/3d, FeatureAlphaDropout, their functions): one mask per channel."""
+    if module is not None:
+        return isinstance(module, CHANNELWISE_DROPOUT_MODULES)
+    return fn in CHANNELWISE_DROPOUT_FUNCTIONS
 
 
 def module_p(m: nn.Module) -> float:

@@ -57,10 +57,17 @@ def _place(g: Graph, s: int) -> _Placement:
 
     clean = g.walk([s], lambda i: g.kinds[i] in (WEIGHT, BN, CONCAT) or is_merge(i))
     if any(p in clean for p in g.final_pools):
+        if ops.masks_channels(g.nodes[s].module, g.nodes[s].target):
+            # the pool averages each channel's one mask value into the pooled feature: exactly dropout
+            # after the pool, same p (GAP(Dropout2d(x)) = Dropout(GAP(x)) in distribution)
+            return _Placement(SiteKind.HEAD_PRE_GAP_CHANNEL, "H5", (), None,
+                              "channel-wise dropout before global pooling: the pool keeps each channel's mask, "
+                              "so it drops whole pooled channels as after the pool (H5, Prop. 5)")
         up = g.upstream_layer(s)
         position = "H3" if up.layer == BN and not up.act_between else "H4"
         return _Placement(SiteKind.HEAD_PRE_GAP, position, (), None,
-                          "before global pooling, after the head's last BatchNorm (Guideline 2)")
+                          "before global pooling, after the head's last BatchNorm (Guideline 2)" if g.head_bns
+                          else "before global pooling, with no BatchNorm after it (Guideline 2)")
     if not g.has_bn:
         return _Placement(SiteKind.OTHER, None, (), merge_name, "the model has no BatchNorm")
     branch = g.branch_of(s)
@@ -99,8 +106,12 @@ def _branch_placement(g: Graph, s: int, branch: Branch, merge_name: str | None) 
     if not branch.weight_after_s() and up.layer == WEIGHT:
         return _Placement(SiteKind.BRANCH_POST_WEIGHT, position, (), merge_name,
                           "after the branch's last weight layer (PostDropout, Prop. 2)")
-    return _Placement(SiteKind.BRANCH_GUIDELINE, position, (), merge_name,
-                      "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)")
+    after = branch.chain[branch.chain.index(s):] if s in branch.chain else branch.chain
+    if any(g.kinds[i] == BN for i in after) or branch.shared_bn is not None:
+        why = "after the branch's last BatchNorm; merges with the skip before the next BN (Guideline 1)"
+    else:
+        why = "in a residual branch with no BatchNorm; merges with the skip before the next BN"
+    return _Placement(SiteKind.BRANCH_GUIDELINE, position, (), merge_name, why)
 
 
 def _enters_residual_block(g: Graph, s: int, first_bn: int) -> bool:
@@ -247,10 +258,10 @@ def _stochastic_site(g: Graph, i: int, n: FlowNode, ids: _IdMaker) -> Stochastic
 
 
 def _unused_sites(g: Graph, capture: Capture, sites: list[Site]) -> list[Site]:
-    """Dropout modules with p > 0 that forward never calls (and whose p is not used elsewhere)."""
+    """Dropout modules with p > 0 that forward never calls (unless an attention kernel takes their p)."""
     called = {str(n.target) for n in g.nodes if n.op == "call_module"}
     hidden = [o.module + "." for o in capture.opaque]
-    used_ps = _constants_by_owner(g)
+    fused_ps = _fused_attention_ps(g)
     out = []
     for qual, m in capture.root.named_modules():
         if not qual or not ops.is_dropout_module(m) or qual in called:
@@ -259,19 +270,23 @@ def _unused_sites(g: Graph, capture: Capture, sites: list[Site]) -> list[Site]:
         if p <= 0 or any(qual.startswith(h) for h in hidden):
             continue
         parent = qual.rpartition(".")[0]
-        if any(p in values for owner, values in used_ps.items() if owner == parent or owner.startswith(parent + ".")):
-            continue  # e.g. timm attention passes attn_drop.p to scaled_dot_product_attention
+        if any(p in values for owner, values in fused_ps.items()
+               if not parent or owner == parent or owner.startswith(parent + ".")):
+            continue  # timm attention keeps attn_drop for its p and passes it to scaled_dot_product_attention
         out.append(Site(id=qual, module=qual, op=type(m).__name__, p=p, site=SiteKind.UNUSED,
                         active=False, why="declared but never called in forward",
                         source=capture.declared.get(qual), declared=capture.declared.get(qual)))
     return out
 
 
-def _constants_by_owner(g: Graph) -> dict[str, set[float]]:
-    """Drop probabilities passed to functional dropout and attention, by the owner that passes them."""
+def _fused_attention_ps(g: Graph) -> dict[str, set[float]]:
+    """The attention dropout p that fused kernels get (scaled_dot_product_attention's dropout_p, an
+    nn.MultiheadAttention's dropout), by the module whose forward runs them. A functional F.dropout
+    with the same p is not one: its p is its own, and a module beside it may still be forgotten."""
     found: dict[str, set[float]] = {}
     for n in g.nodes:
-        if n.op == "call_function" and (ops.is_dropout_function(n.target) or n.target in ops.ATTENTION_FUNCTIONS):
-            p, _ = ops.function_p_and_training(n.target, n.args, n.kwargs)
-            found.setdefault(n.owner, set()).add(p)
+        if n.op == "call_function" and n.target in ops.ATTENTION_FUNCTIONS:
+            found.setdefault(n.owner, set()).add(ops.function_p_and_training(n.target, n.args, n.kwargs)[0])
+        elif n.op == "call_module" and ops.is_attention_module(n.module):  # held by its parent
+            found.setdefault(str(n.target).rpartition(".")[0], set()).add(ops.module_p(n.module))
     return found

@@ -2,8 +2,9 @@
 `# dropcheck: ignore` on the line of a dropout.
 
 A comment silences a finding when it sits on the finding's source line, or on the source or
-declaration line of the finding's dropout; for an `nn.Dropout(...)` written inside a container
-call (`nn.Sequential(...)` spread over lines), also on the line of that element. Codes may also be prefixes (`DC00`) or rule names. Suppressed findings move
+declaration line of the finding's dropout (for an element of an `nn.Sequential(...)` spread over
+lines, its own line: analysis.declarations), or on the last line of a constructor call spread
+over lines. Codes may also be prefixes (`DC00`) or rule names. Suppressed findings move
 from `Report.findings` to `Report.suppressed`, so they are counted, never silently lost.
 Never imports torch; each file is read (and parsed) once per (path, mtime, size).
 """
@@ -107,23 +108,36 @@ def _lines_of(finding: Finding, site: Site | None) -> list[SourceLocation]:
 
 
 def _element_lines(declared: SourceLocation, site: Site) -> list[SourceLocation]:
-    """The lines of the dropout's own constructor call inside a container call (`nn.Sequential(`
-    on the declaration line, `nn.Dropout(0.2),` further down): its child index picks the
-    argument; else the one call named like the dropout's class."""
+    """The lines of the dropout's own constructor call (its first and last, where it spans several)
+    and the first line of each container call around it (`self.head = nn.Sequential(` covers its
+    elements). Its own call is the one on the declaration line named like its class; where the
+    declaration line is still the container's, its child index picks the argument, else the one
+    call inside named like the dropout's class."""
     tree = _syntax_tree(declared.file)
     if tree is None:
         return []
     child = (site.module or "").rsplit(".", 1)[-1]
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
     lines: list[int] = []
-    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.lineno == declared.line):
-        if child.isdigit() and int(child) < len(call.args) and isinstance(call.args[int(child)], ast.Call):
-            element: ast.AST | None = call.args[int(child)]
+    for call in (n for n in calls if n.lineno == declared.line):
+        if _called(call) == site.op:  # its own call (load gives container elements their own line)
+            element: ast.AST | None = call
+        elif child.isdigit() and int(child) < len(call.args) and isinstance(call.args[int(child)], ast.Call):
+            element = call.args[int(child)]
         else:
             named = [n for n in ast.walk(call) if n is not call and isinstance(n, ast.Call) and _called(n) == site.op]
             element = named[0] if len(named) == 1 else None
-        if element is not None:
-            lines.extend((element.lineno, getattr(element, "end_lineno", None) or element.lineno))
+        if element is None:
+            continue
+        lines.extend((element.lineno, getattr(element, "end_lineno", None) or element.lineno))
+        lines.extend(c.lineno for c in calls if c is not element and _encloses(c, element))
+        break
     return [SourceLocation(declared.file, line) for line in dict.fromkeys(lines) if line != declared.line]
+
+
+def _encloses(outer: ast.AST, inner: ast.AST) -> bool:
+    end = getattr(outer, "end_lineno", None) or outer.lineno
+    return outer.lineno <= inner.lineno <= end and any(n is inner for n in ast.walk(outer))
 
 
 def _called(call: ast.Call) -> str | None:

@@ -35,7 +35,7 @@ def measure_model(capture: Capture, analysis: Analysis, batches: Callable[[], It
     model.to(device)
     points = _points(g, taps)
     reach = _reached_by(g, analysis)
-    flagged = {bn for s in analysis.sites if s.active for bn in s.reaches}
+    flagged = _dc001_paths(g, analysis)
     flags = {m: m.training for m in model.modules()}
     try:
         if calibrate:
@@ -57,9 +57,10 @@ def measure_model(capture: Capture, analysis: Analysis, batches: Callable[[], It
             continue
         mean, low, sym = ratio
         name = g.display(node)
+        by = tuple(flagged.get(node, ())) if kind == "batchnorm" else ()
         out.append(Measurement(node=name, module=module, kind=kind, delta_mean=mean, delta_min=low,
                                symmetric_mean=sym, reached_by=tuple(reach.get(node, ())),
-                               flagged=kind == "batchnorm" and name in flagged))
+                               flagged=bool(by), flagged_by=by))
     return out
 
 
@@ -125,6 +126,23 @@ def _reached_by(g: Graph, analysis: Analysis) -> dict[int, list[str]]:
             if g.kinds[i] in (BN, ADD):
                 reach.setdefault(i, []).append(site.id)
     return reach
+
+
+def _dc001_paths(g: Graph, analysis: Analysis) -> dict[int, list[str]]:
+    """Every BatchNorm on a DC001 dropout's path before its next residual merge -> those dropouts.
+
+    The audit's `reaches` names the first BatchNorm on each path; the shift does not stop there
+    (a BatchNorm normalises with its running statistics, so the smaller test-time variance passes
+    on), so every later BatchNorm up to the merge is flagged too."""
+    paths: dict[int, list[str]] = {}
+    for site in analysis.sites:
+        if not site.active or not site.reaches or site.node is None or site.node not in g.index:
+            continue
+        s = g.index[site.node]
+        for i in sorted(g.walk([s], lambda j: g.is_merge_for(j, s))):
+            if i != s and g.kinds[i] == BN and not g.is_merge_for(i, s):
+                paths.setdefault(i, []).append(site.id)
+    return paths
 
 
 # --- running -------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ class SiteKind(StrEnum):
     BRANCH_POST_WEIGHT = "branch.post_weight"
     HEAD_PRE_BN = "head.pre_bn"
     HEAD_PRE_GAP = "head.pre_gap"
+    # channel-wise dropout (Dropout2d, ...) right before global pooling: each channel's mask survives
+    # the average, so it is H5 in effect (Prop. 5); fix makes it element-wise where it is
+    HEAD_PRE_GAP_CHANNEL = "head.pre_gap_channel"
     HEAD_POST_GAP = "head.post_gap"
     HEAD_LOGITS = "head.logits"
     OTHER = "other"

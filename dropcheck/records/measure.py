@@ -16,12 +16,13 @@ class Measurement:
     delta_min: float
     symmetric_mean: float  # Li et al.'s max(r, 1/r), for comparison with their figures
     reached_by: tuple[str, ...]
-    flagged: bool  # the audit says a dropout reaches this BatchNorm before any merge (DC001)
+    flagged: bool  # on a DC001 dropout's path before its next residual merge
+    flagged_by: tuple[str, ...] = ()  # those dropouts (site ids)
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "module": self.module, "kind": self.kind, "delta_mean": self.delta_mean,
                 "delta_min": self.delta_min, "symmetric_mean": self.symmetric_mean,
-                "reached_by": list(self.reached_by), "flagged": self.flagged}
+                "reached_by": list(self.reached_by), "flagged": self.flagged, "flagged_by": list(self.flagged_by)}
 
 
 @dataclass(frozen=True)

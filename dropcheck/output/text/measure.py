@@ -14,14 +14,25 @@ from ...records import Measurement, Report
 
 
 def delta_by_site(report: Report) -> dict[str, float]:
-    """For each dropout, the lowest Δ at the BatchNorms it reaches before any merge (the audit
-    table's Δ column); dropouts that reach none have no entry."""
-    at = {m.module or m.node: m.delta_mean for m in report.measurements or [] if m.kind == "batchnorm"}
-    out: dict[str, float] = {}
-    for site in report.dropouts:
-        values = [at[bn] for bn in site.reaches if bn in at]
-        if values:
-            out[site.id] = min(values)
+    """For each dropout, the lowest Δ along its DC001 path: at every BatchNorm it reaches before its
+    next residual merge (the audit table's Δ column); dropouts that reach none have no entry."""
+    return {site: low for site, (low, _, _) in lowest_on_paths(report).items()}
+
+
+def lowest_on_paths(report: Report) -> dict[str, tuple[float, str, int]]:
+    """DC001 dropout -> (lowest Δ mean on its path, the BatchNorm where it is, how many BatchNorms)."""
+    paths: dict[str, list[Measurement]] = {}
+    for m in report.measurements or []:
+        for site in m.flagged_by:
+            paths.setdefault(site, []).append(m)
+    if not paths:  # measurements from before flagged_by: the first BatchNorm on each path only
+        at = {m.module or m.node: m for m in report.measurements or [] if m.kind == "batchnorm"}
+        paths = {s.id: [at[bn] for bn in s.reaches if bn in at] for s in report.dropouts}
+    out = {}
+    for site, ms in paths.items():
+        if ms:
+            low = min(ms, key=lambda m: m.delta_mean)
+            out[site] = (low.delta_mean, low.module or low.node, len(ms))
     return out
 
 
@@ -52,6 +63,9 @@ def render_measurements(report: Report, console: Console, limit: int | None = No
                           highlight=False, soft_wrap=True)
     if limit and len(rows) > limit:
         console.print(f"  ... {len(rows) - limit} more (all of them in --format json)", highlight=False)
+    for site, (low, where, count) in lowest_on_paths(report).items():
+        console.print(f"  DC001 path of {site}: lowest Δ {low:.4f} at {where} ({count} BatchNorm(s) before "
+                      "its next residual merge)", highlight=False, soft_wrap=True)
 
 
 def _row(m: Measurement) -> tuple[str, ...]:
