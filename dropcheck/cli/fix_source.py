@@ -24,9 +24,10 @@ Guard = Callable[..., Any]
 
 
 def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None,
-                  add: float | None, in_place: bool, diff_only: bool, fmt: str, verbose: bool, guard: Guard) -> None:
+                  add: float | None, in_place: bool, diff_only: bool, fmt: str, verbose: bool, guard: Guard,
+                  remove: bool = False) -> None:
     err = stderr_console()
-    result: FixResult = guard(err, spec, fmt, verbose, lambda: _fix(spec, kwargs, shape, p, add, err))
+    result: FixResult = guard(err, spec, fmt, verbose, lambda: _fix(spec, kwargs, shape, p, add, err, remove))
     assert result.source is not None
     failed = [c for c in result.checks if not c.ok]
     written: list[Any] = []
@@ -43,6 +44,8 @@ def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | No
         for item in result.source.not_in_source:
             err.print(f"{spec}: not in source: {item.site}: {item.reason} ({item.hint})", soft_wrap=True,
                       highlight=False, markup=False)
+        for line in result.unfixable:
+            err.print(f"{spec}: cannot fix: {line}", soft_wrap=True, highlight=False, markup=False)
     else:
         render_fix(result, console)
         render_source_fix(result, console, show_diff=not in_place)
@@ -64,8 +67,8 @@ def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | No
 
 
 def _fix(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None, add: float | None,
-         err: Console) -> FixResult:
+         err: Console, remove: bool = False) -> FixResult:
     from ..fixer.pipeline import fix_source  # torch and the analysis load here, never for --help
 
     with step_progress(err, f"fixing {spec}") as step, stdout_to_stderr():
-        return fix_source(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"))
+        return fix_source(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"), remove=remove)
