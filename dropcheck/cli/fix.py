@@ -15,7 +15,7 @@ from ..output.json_documents import render_fix_json
 from ..output.progress import step_progress
 from ..output.text.fix import render_fix, render_fix_outcome
 from ..records import DropcheckError, FixResult
-from .errors import EXIT_CLEAN, EXIT_ERROR, as_error, fail, print_traceback
+from .errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, as_error, fail, print_traceback
 from .interrupts import exit_on_interrupt
 from .options import (NO_TARGET_HINT, InputShapeOption, ModelArgsOption, TargetsArg, check_format, force_option,
                       format_option, model_inputs, verbose_option)

@@ -224,6 +224,8 @@ def _settle(point: Point, group: list[tuple[Site, str]], kept_at: dict[str, Site
         label += ", element-wise"
     if point.after_pool:
         plan.after_pool[module] = _AFTER_POOL
+    if reused is not None:  # the dropout whose module does the work is the one that moves; the rest go
+        group = sorted(group, key=lambda entry: entry[0] is not reused)
     first, rest = group[0], group[1:]
     plan.changes.append(Change("move", first[0].id, label, p, first[1], module,
                                first[0].paper_position, point.position))

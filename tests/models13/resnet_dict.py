@@ -1,9 +1,9 @@
 """A ResNet returning a dict of logits and pre-pool feature maps (as detection/segmentation
 backbones do), with the classifier's dropout on the logits (DC003, H6).
 
-Read before running: `self.dropout` drops the logits (DC003). Its place before the pool (H4)
-would also drop the returned feature map `"features"`: unfixable. `layer1.dropout` before the
-block's bn2 (DC001, P3) moves to P6 before conv2.
+Read before running: `self.dropout` drops the logits (DC003). It moves before the pool (H4): on the
+edge into the mean only, so the returned feature map `"features"` (the mean's input) stays as it
+was. `layer1/dropout` (F.dropout before the block's bn2, DC001) moves to P6 before conv2.
 """
 import torch
 import torch.nn as nn

@@ -1,8 +1,9 @@
-"""A LeNet/VGG-style CNN: conv-BN-ReLU-pool stages, flatten, then Linear-BatchNorm1d-ReLU-Dropout-Linear.
+"""A LeNet/VGG-style CNN: conv-BN-ReLU-pool stages, flatten, then Linear-Dropout-BatchNorm1d-ReLU-Linear.
 
-Read before running: `drop_conv` (F.dropout after the second conv stage, before the flatten)
-reaches fc_bn through fc1 (DC001, no merge). `self.drop` after fc_bn's ReLU is already where no
-BatchNorm follows, before the classifier (clean). Fix: drop_conv goes to self.drop's place.
+Read before running: the F.dropout after the second conv stage (p=0.25, before the flatten) reaches
+fc_bn through fc1, and `self.drop` (p=0.5) between fc1 and fc_bn reaches it directly: DC001 for
+both, no residual merge anywhere. The place after which no BatchNorm follows is after fc_bn and
+its ReLU, before fc2: both go there, as one dropout (self.drop) with the larger p, 0.5.
 """
 import torch
 import torch.nn as nn
@@ -28,6 +29,5 @@ class SmallVGG(nn.Module):
         x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
         x = F.dropout(x, 0.25, training=self.training)
         x = x.view(x.size(0), -1)
-        x = F.relu(self.fc_bn(self.fc1(x)))
-        x = self.drop(x)
+        x = F.relu(self.fc_bn(self.drop(self.fc1(x))))
         return self.fc2(x)
