@@ -95,10 +95,18 @@ def _names(g: Graph, nodes: list[int]) -> str:
 
 def head_problem(g: Graph, point: Point, outputs: frozenset[int]) -> str:
     """Why Guideline 2's place does not do for a dropout that affects `outputs`, or ""."""
-    bns = g.batchnorms_from(g.index[point.consumer])
+    pool = g.index[point.consumer]
+    bns = g.batchnorms_from(pool)
     if bns:
         return f"{point.label} it still reaches BatchNorm {_names(g, bns)}"
-    return output_change(g, point, outputs)
+    change = output_change(g, point, outputs)
+    if change:
+        return change
+    bare = [o for o in sorted(g.outputs) if o in g.walk([pool], lambda i: g.kinds[i] == WEIGHT or g.is_merge_for(i, pool))
+            and g.kinds[o] != WEIGHT]
+    if bare:  # the model returns the pooled features: dropout there would drop them (DC003)
+        return f"{point.label} it would drop the returned {_names(g, bare)}, with no weight layer in between"
+    return ""
 
 
 def downstream_point(g: Graph, s: int, outputs: frozenset[int]) -> tuple[Point | None, str]:

@@ -106,6 +106,9 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
         target, rule, why = _target_for(g, site, repeated or {})
         if target is None and rule:
             plan.cannot(site, f"no place for it ({rule}): {why}")
+            _convert(g, site, plan, p_override)  # stays, as a module (its id in the fixed model is that module's)
+            if site.id in plan.conversions:
+                plan.unfixable_ids.add(plan.conversions[site.id][1])
             continue
         if target is None or target.producer == site.node:  # stays where it is
             kept_at[site.node] = site
