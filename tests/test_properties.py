@@ -708,7 +708,8 @@ def test_fix_of_head_dropout_with_batchnorm_after_the_classifier() -> None:
     assert all(c.ok for c in result.checks), [c.to_dict() for c in result.checks]
     assert result.changes == []
     assert result.unfixable == ["head.drop0: no place for it (DC002): before global pooling head.pool it still "
-                                "reaches BatchNorm head.bn1d"]
+                                "reaches BatchNorm head.bn1d; every place before a weight layer downstream reaches "
+                                "BatchNorm head.bn1d, and no weight layer follows head.bn1d"]
 
 
 # --- regressions: minimised failures of the properties above, fixed in dropcheck ------------------
