@@ -110,6 +110,14 @@ def test_tabular_mlp_with_remove_takes_the_dropouts_out() -> None:
     assert _eval_equal(model, result.model, x)
 
 
+def test_remove_leaves_dropout_that_enters_a_residual_block_to_guideline_1() -> None:
+    from dropcheck.fixer.pipeline import fix_target
+
+    result = fix_target(str(ROOT / "examples" / "preresnet.py"), {"position": "P0"}, remove=True)
+    assert {(c.action, c.to_position) for c in result.changes} == {("move", "P6")}
+    assert all(c.ok for c in result.checks)
+
+
 def test_unet_bottleneck_dropout_moves_before_the_final_convolution() -> None:
     result = _fixed_and_checked("small_unet")
     assert _changes(result) == [("move", "dropout", "dropout", 0.5)]

@@ -139,8 +139,10 @@ _AFTER_POOL = ("after global pooling, after the head's last BatchNorm: every pla
 
 
 def _without_merge(g: Graph, site: Site) -> bool:
-    """A dropout that reaches a BatchNorm with no residual merge downstream of it (what `remove` takes)."""
-    return bool(site.reaches) and g.first_merge_after(g.index[site.node or ""]) is None
+    """A trunk dropout that reaches a BatchNorm with no residual merge downstream of it (what `remove`
+    takes: MLPs, U-Nets, plain CNNs). Not P0: it enters a residual block, whose branch takes it."""
+    return site.site is SiteKind.TRUNK_PRE_BN and site.paper_position != "P0" and bool(site.reaches) and \
+        g.first_merge_after(g.index[site.node or ""]) is None
 
 
 def _convert(g: Graph, site: Site, plan: Plan, p_override: float | None) -> None:
