@@ -1,14 +1,17 @@
 """Property tests on randomly generated residual networks (design §9).
 
 A hypothesis strategy draws a *spec*: a plain, printable description of a small CNN (a stem
-conv, 1-4 blocks, a head) and of 0-4 dropouts placed on its data-flow edges. The spec is turned
-into an `nn.Module` and, independently of dropcheck, into an explicit data-flow graph that a
-brute-force oracle walks path by path. The properties:
+conv, 1-4 blocks: residual, dense, or plain conv-BN-ReLU stages with no merge; a head that may
+return its pooled features beside the logits) and of 0-4 dropouts placed on its data-flow edges.
+The spec is turned into an `nn.Module` and, independently of dropcheck, into an explicit data-flow
+graph that a brute-force oracle walks path by path. The properties:
 
 - audit never raises, its status is ok, and it lists every generated dropout;
 - its DC001 verdicts (which dropouts, which BatchNorms) equal the oracle's;
-- fix keeps eval outputs bit-identical and the state_dict identical, is idempotent, and the
-  fixed model re-audits with no DC001-DC004;
+- fix keeps eval outputs bit-identical and the state_dict identical, is idempotent, the fixed
+  model re-audits with no DC001-DC004 on the sites it fixed, a site is unfixable only in a head
+  that has no clean place (a BatchNorm1d after the classifier, returned pooled features), and
+  the outputs that vary in train mode are the original's;
 - measure gives Δ < 1 at every BatchNorm DC001 says a dropout reaches, and Δ == 1 at every
   BatchNorm no dropout reaches by any path.
 
@@ -16,7 +19,7 @@ The oracle shares no code with dropcheck's analyser; the model and the oracle's 
 read off the same spec (`_steps`), so the graph is the model's by construction.
 
 Where a property does not hold because of a known gap in dropcheck, the example is rejected in the
-property and an xfail test at the end of the file pins the minimised case (`_known_fix_gap`).
+property and an xfail test at the end of the file pins the minimised case (none at present).
 
 Budget: the default profile (`dropcheck-ci`) runs a fixed, derandomised set of examples (30 per
 property, one seed for all properties so that audit and fix results are shared): the whole file
