@@ -22,12 +22,14 @@ def audit(model: Any, example_input: Any) -> Report:
     return _audit(model, example_input)
 
 
-def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
+def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None,
+        remove: bool = False) -> FixResult:
     """Move `model`'s dropout to where Guidelines 1 and 2 put it; returns the fixed model (a new
-    module), every change, and the verification checks. `model` is left as it was."""
+    module), every change, and the verification checks. `model` is left as it was. `remove`: a
+    dropout with no residual merge downstream that reaches a BatchNorm is removed, not moved."""
     from .fixer.pipeline import fix as _fix
 
-    return _fix(model, example_input, p, add)
+    return _fix(model, example_input, p, add, remove)
 
 
 def measure(model: Any, example_input: Any, **options: Any) -> Report:

@@ -189,10 +189,10 @@ class _AuxNet(nn.Module):
         self.drop = nn.Dropout(0.3)
 
     def forward(self, x: torch.Tensor):
-        x = F.relu(self.bn(self.conv(x))).mean((2, 3))
-        logits = self.fc(self.drop(x))
-        if self.training:
-            return logits, self.aux(x)
+        x = F.relu(self.bn(self.conv(x)))
+        logits = self.fc(self.drop(x.mean((2, 3))))
+        if self.training:  # its own pooling: dropout before the mean (H4) leaves the aux logits alone
+            return logits, self.aux(x.amax((2, 3)))
         return logits
 
 

@@ -295,6 +295,23 @@ class Graph:
             j = self.main_input(j)
         return Upstream("", act)
 
+    def outputs_from(self, i: int) -> frozenset[int]:
+        """The model outputs that depend on node i (i itself, if it is one)."""
+        seen = self.walk([i], lambda j: False)
+        return frozenset(o for o in self.outputs if o in seen)
+
+    def batchnorms_from(self, i: int) -> list[int]:
+        """The BatchNorms (an opaque module holding one counts) a path from node i meets before a
+        residual merge for i: what a dropout placed right before node i would reach (DC001)."""
+        reached = self.walk([i], lambda j: self.is_batchnorm_like(j) or self.is_merge_for(j, i))
+        return sorted(j for j in reached if j != i and self.is_batchnorm_like(j))
+
+    def is_batchnorm_like(self, i: int) -> bool:
+        if self.kinds[i] == OPAQUE:
+            region = self.opaque_by_module.get(str(self.nodes[i].target))
+            return bool(region and region.batchnorms)
+        return self.kinds[i] == BN
+
     def display(self, i: int) -> str:
         """The name users know: a module's qualname, else owner/node."""
         n = self.nodes[i]

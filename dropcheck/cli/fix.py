@@ -15,7 +15,7 @@ from ..output.json_documents import render_fix_json
 from ..output.progress import step_progress
 from ..output.text.fix import render_fix, render_fix_outcome
 from ..records import DropcheckError, FixResult
-from .errors import EXIT_CLEAN, EXIT_ERROR, as_error, fail, print_traceback
+from .errors import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, as_error, fail, print_traceback
 from .fix_checkpoint import check_checkpoint_options
 from .interrupts import exit_on_interrupt
 from .options import (NO_TARGET_HINT, InputShapeOption, ModelArgsOption, TargetsArg, check_format, force_option,
@@ -42,6 +42,9 @@ def fix(
         "the whole generated code's diff)."))] = False,
     in_place: Annotated[bool, typer.Option("--in-place", help=(
         "Apply the patch to your own source files (a file or module target), after checking it."))] = False,
+    remove: Annotated[bool, typer.Option("--remove", help=(
+        "Remove dropout that reaches a BatchNorm with no residual merge downstream (MLPs, U-Nets, plain "
+        "CNNs) instead of moving it after the last BatchNorm."))] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Fix and verify, but write nothing.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", metavar="OLD", show_default=False, help=(
@@ -69,26 +72,28 @@ def fix(
         from .fix_source import fix_in_source  # the user's own files: a patch, not an exported model
 
         fix_in_source(spec, kwargs, shape, p, add, in_place, diff and not in_place, fmt, verbose, _guard,
-                      (checkpoint, checkpoint_out) if checkpoint is not None else None)
+                      (checkpoint, checkpoint_out) if checkpoint is not None else None, remove)
     if output is not None and not dry_run:
         _guard(err, spec, fmt, verbose, lambda: check_output(output, force))  # before the model loads
-    result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err))
+    result = _guard(err, spec, fmt, verbose, lambda: _fix_one(spec, kwargs, shape, p, add, err, remove))
     console = Console()
     if fmt == "text":
         render_fix(result, console, diff, full_diff=verbose)
     written: list[Path] = []
-    if result.ok and not dry_run and output is not None:
+    verified = all(c.ok for c in result.checks)  # unfixable sites are a result: the rest is still written
+    if verified and not dry_run and output is not None:
         with step_progress(err, f"writing {output}"):
             written = _guard(err, spec, fmt, verbose, lambda: _export().write_output(result, output, force),
                              result=result)
     if fmt == "json":
         render_fix_json(result, console, written, diff)
-        if not result.ok:
+        if not verified:
             err.print(Text(_nothing_written(result), style="bold red"), soft_wrap=True, highlight=False)
     else:
-        blocked = _dry_run_blocker(output, force) if dry_run and result.ok else None
+        blocked = _dry_run_blocker(output, force) if dry_run and verified else None
         render_fix_outcome(console, _fix_outcome(result, output, dry_run, written, blocked), result.ok)
-    raise typer.Exit(EXIT_CLEAN if result.ok else EXIT_ERROR)
+    # 2: a failed check (nothing written); 1: findings remain on the sites fix could not fix, as audit says
+    raise typer.Exit(EXIT_ERROR if not verified else EXIT_FINDINGS if result.unfixable else EXIT_CLEAN)
 
 
 def _is_user_code(spec: str) -> bool:
@@ -126,11 +131,11 @@ def _export() -> Any:
 
 
 def _fix_one(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None,
-             add: float | None, err: Console) -> FixResult:
+             add: float | None, err: Console, remove: bool = False) -> FixResult:
     from ..fixer.pipeline import fix_target  # torch and the analysis load here, never for --help
 
     with step_progress(err, f"fixing {spec}") as step, stdout_to_stderr():
-        return fix_target(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"))
+        return fix_target(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"), remove=remove)
 
 
 def _guard(err: Console, spec: str, fmt: str, verbose: bool, action: Callable[[], Any],
@@ -164,19 +169,19 @@ def _dry_run_blocker(output: Path | None, force: bool) -> DropcheckError | None:
 
 def _fix_outcome(result: FixResult, output: Path | None, dry_run: bool, written: list[Path],
                  blocked: DropcheckError | None = None) -> str:
-    if not result.ok:
+    if not all(c.ok for c in result.checks):
         return _nothing_written(result)
+    left = f" ({len(result.unfixable)} site(s) left as they were: cannot fix, above)" if result.unfixable else ""
     if dry_run:
         if output is None:
-            return "dry run: nothing written"
+            return "dry run: nothing written" + left
         if blocked is not None:
-            return f"dry run: nothing written (writing {output} would fail: {blocked.one_line()})"
-        return f"dry run: nothing written (would write {output})"
-    return "\n".join(f"wrote {path}" for path in written) or f"wrote {output}"
+            return f"dry run: nothing written (writing {output} would fail: {blocked.one_line()})" + left
+        return f"dry run: nothing written (would write {output})" + left
+    return ("\n".join(f"wrote {path}" for path in written) or f"wrote {output}") + left
 
 
 def _nothing_written(result: FixResult) -> str:
-    failed = [c.name for c in result.checks if not c.ok]
-    reasons = ([f"{len(result.unfixable)} site(s) cannot be fixed"] if result.unfixable else []) + \
-        ([f"check(s) failed: {', '.join(failed)}"] if failed else [])
-    return f"nothing written: {'; '.join(reasons)}"
+    """Each failed check by name, with its reason (which output differed, what the re-audit found where)."""
+    failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
+    return f"nothing written: check failed: {'; '.join(failed)}"

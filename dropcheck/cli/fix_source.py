@@ -29,9 +29,10 @@ Guard = Callable[..., Any]
 
 def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None,
                   add: float | None, in_place: bool, diff_only: bool, fmt: str, verbose: bool, guard: Guard,
-                  checkpoint: tuple[Path, Path] | None = None) -> None:
+                  checkpoint: tuple[Path, Path] | None = None, remove: bool = False) -> None:
     err = stderr_console()
-    result: FixResult = guard(err, spec, fmt, verbose, lambda: _fix(spec, kwargs, shape, p, add, err, checkpoint))
+    result: FixResult = guard(err, spec, fmt, verbose,
+                              lambda: _fix(spec, kwargs, shape, p, add, err, checkpoint, remove))
     source = result.source
     assert source is not None
     failed = [c for c in result.checks if not c.ok]
@@ -59,6 +60,8 @@ def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | No
                       highlight=False, markup=False)
         for line in source_fix_lines(result.source):
             err.print(f"{spec}: {line.strip()}", soft_wrap=True, highlight=False, markup=False)
+        for line in result.unfixable:
+            err.print(f"{spec}: cannot fix: {line}", soft_wrap=True, highlight=False, markup=False)
     else:
         render_fix(result, console)
         render_source_fix(result, console, show_diff=not in_place)
@@ -82,10 +85,10 @@ def fix_in_source(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | No
 
 
 def _fix(spec: str, kwargs: dict[str, Any], shape: tuple[int, ...] | None, p: float | None, add: float | None,
-         err: Console, checkpoint: tuple[Path, Path] | None) -> FixResult:
+         err: Console, checkpoint: tuple[Path, Path] | None, remove: bool = False) -> FixResult:
     from ..fixer.pipeline import fix_source  # torch and the analysis load here, never for --help
 
     old, new = checkpoint if checkpoint is not None else (None, None)
     with step_progress(err, f"fixing {spec}") as step, stdout_to_stderr():
         return fix_source(spec, kwargs, shape, p, add, progress=lambda what: step(f"{what} {spec}"),
-                          checkpoint=old, checkpoint_out=new)
+                          checkpoint=old, checkpoint_out=new, remove=remove)

@@ -10,8 +10,9 @@ from ..records import Check, DropcheckError, FixResult, Report, SourceFix, Targe
 
 
 def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
-               progress: Callable[[str], None] | None = None) -> FixResult:
-    """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model."""
+               progress: Callable[[str], None] | None = None, remove: bool = False) -> FixResult:
+    """Fix a loaded target (real weights), verify it, and say what changed. Never mutates the model.
+    `remove`: dropout with no residual merge downstream that reaches a BatchNorm is removed, not moved."""
     from ..analysis.capture import capture_graph
     from ..analysis.check import repeated_in_branch
     from ..analysis.sites import find_sites
@@ -28,7 +29,7 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
                              "fix your source file instead (dropcheck fix FILE --diff, then --in-place), or make "
                              "forward traceable")
     analysis = find_sites(capture)
-    plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
+    plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites), remove)
     fixed = build_fixed(capture, plan)
 
     def reaudit(model: Any) -> tuple[Report, int]:
@@ -38,12 +39,12 @@ def fix_loaded(target: Target, p: float | None = None, add: float | None = None,
         second = capture_graph(again, eval_graph=False)
         second_analysis, report = audit_captured(again, second, ignores=False)
         return report, len(plan_fix(second, second_analysis, None, None,
-                                    repeated_in_branch(second_analysis.sites)).changes)
+                                    repeated_in_branch(second_analysis.sites), remove).changes)
 
     if progress is not None:
         progress("verifying")
     checks = verify_fix(capture, fixed, target.inputs, any(s.always_on for s in analysis.sites), reaudit,
-                        analysis.sites)
+                        analysis.sites, plan.unfixable_ids, plan.after_pool)
     before = _code("train", graph_source(capture.graph_module.graph, "_forward_train")) + \
         _code("eval", graph_source(capture.eval_graph_module.graph, "_forward_eval"))
     after = _code("train", fixed.train_src) + _code("eval", fixed.eval_src)
@@ -57,17 +58,17 @@ def _code(mode: str, src: str) -> str:
 
 def fix_target(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
                p: float | None = None, add: float | None = None,
-               progress: Callable[[str], None] | None = None) -> FixResult:
+               progress: Callable[[str], None] | None = None, remove: bool = False) -> FixResult:
     """Load with real weights and fix; raises DropcheckError for load, trace or shape failures."""
     from ..analysis.load import load_target
 
-    return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add, progress)
+    return fix_loaded(load_target(spec, model_args, input_shape, weights=True), p, add, progress, remove)
 
 
 def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
                p: float | None = None, add: float | None = None,
                progress: Callable[[str], None] | None = None, checkpoint: Path | None = None,
-               checkpoint_out: Path | None = None) -> FixResult:
+               checkpoint_out: Path | None = None, remove: bool = False) -> FixResult:
     """Fix the user's own code (a file or module target) as a patch to their source files, checked in
     a fresh Python before anything is written; the FixResult's `source` holds the patches. With a
     `checkpoint` (checked against the model first), edits that rename state_dict keys are allowed and
@@ -88,7 +89,7 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
         loaded = read_checkpoint(checkpoint, target.model.state_dict().keys()) if checkpoint is not None else None
         capture = capture_graph(target)
         analysis = find_sites(capture)
-        plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites))
+        plan = plan_fix(capture, analysis, p, add, repeated_in_branch(analysis.sites), remove)
         edits = plan_source_fix(capture, analysis, plan, root, allow_renames=loaded is not None)
         checks: list[Check] = []
         if edits.patches:
@@ -106,6 +107,7 @@ def fix_source(spec: str, model_args: dict[str, Any] | None = None, input_shape:
                      code_before="", code_after="", input_shape=target.input_shape, source=source)
 
 
-def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None) -> FixResult:
+def fix(model: Any, example_input: Any, p: float | None = None, add: float | None = None,
+        remove: bool = False) -> FixResult:
     """Python API: the fixed model (a new module; `model` is left as it was), changes and checks."""
-    return fix_loaded(api_target(model, example_input), p, add)
+    return fix_loaded(api_target(model, example_input), p, add, remove=remove)

@@ -105,12 +105,14 @@ def build_fixed(capture: Capture, plan: Plan) -> FixedModel:
     """Apply the plan to copies of the train and eval graphs, on a copy of the model."""
     root = copy.deepcopy(capture.root)
     for p, name, reused in plan.insertions.values():
-        if reused:
+        if name in plan.module_types:  # a channel-wise dropout placed before the pool: element-wise
+            _register(root, name, plan.module_types[name](p))
+        elif reused:
             root.get_submodule(name).p = p
         else:
             _register(root, name, nn.Dropout(p))
     for site, name, p in plan.conversions.values():
-        _register(root, name, ops.MODULE_FOR_DROPOUT_FUNCTION[site.op](p))
+        _register(root, name, (plan.module_types.get(name) or ops.MODULE_FOR_DROPOUT_FUNCTION[site.op])(p))
     train_gm, eval_gm = capture.graph_module, capture.eval_graph_module
     if eval_gm is None:
         raise DropcheckError("fix", "the model could not be traced in eval mode", "fix needs both fx graphs")

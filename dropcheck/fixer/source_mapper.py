@@ -67,7 +67,9 @@ class Mapper:
     def unit(self, change: Change) -> Unit | None:
         unit = Unit((change.dropout,) if change.dropout else (change.module,))
         try:
-            if change.action == "convert":
+            if change.action == "convert" and change.module in self.plan.module_types:
+                self._make_elementwise(unit, self.sites[change.dropout])  # right before the pool (Guideline 2)
+            elif change.action == "convert":
                 site = self.sites[change.dropout]
                 if not site.always_on:
                     return None  # `F.dropout(..., training=self.training)` already follows train()/eval()
@@ -118,6 +120,19 @@ class Mapper:
         self._remove(unit, site)
         self._declare_and_apply(unit, point, change.p, change.module)
         return None
+
+    def _make_elementwise(self, unit: Unit, site: Site) -> None:
+        """A channel-wise dropout module right before the global pool becomes element-wise where declared."""
+        if site.op not in _CHANNELWISE or site.module is None or site.op.islower():
+            raise Refused(f"{site.id} ({site.op}) is a functional call: write it as F.dropout by hand")
+        sequential = self._sequential_of(site.module)
+        if sequential is not None:
+            seq_name, index = sequential
+            parent, _, attribute = seq_name.rpartition(".")
+            unit.edits.append(self._edit(parent, lambda c: MakeElementwise(c, attribute, index)))
+            return
+        parent, _, attribute = site.module.rpartition(".")
+        unit.edits.append(self._edit(parent, lambda c: MakeElementwise(c, attribute)))
 
     def _declare_and_apply(self, unit: Unit, point: Point, p: float, module: str) -> None:
         place, to_callee, side = self._place(point)

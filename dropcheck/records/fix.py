@@ -144,13 +144,16 @@ class FixResult:
         why = f"{change.rule}, {p}" if change.rule else p
         where = " ".join(part for part in (change.to_position, change.to) if part)
         if change.action == "move":
-            detail = f"{change.from_position or '?'} -> {where}"
+            detail = f"{change.from_position} -> {where}" if change.from_position else f"-> {where}"
             if change.module != change.dropout:
                 detail += f" as {change.module}"
             return change.dropout, detail, why
         if change.action == "remove":
+            was = f"{change.from_position}, " if change.from_position else ""
+            if not change.module:  # --remove: nothing takes its place
+                return change.dropout, f"{was}removed (no residual merge downstream)", why
             kept = change.module + (f" at {change.to_position}" if change.to_position else "")
-            return change.dropout, f"{change.from_position or '-'}, one dropout stays: {kept}", change.rule or p
+            return change.dropout, f"{was}one dropout stays: {kept}", change.rule or p
         if change.action == "convert":
             return change.dropout, f"-> nn.{self._module_type(change.module)} {change.module} {change.to}", why
         if change.action == "add":
