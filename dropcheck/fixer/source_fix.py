@@ -157,14 +157,14 @@ class _Mapper:
     # --- one change ------------------------------------------------------------------------------
 
     def _remove(self, unit: _Unit, site: Site) -> None:
-        if self._sequential_of(site.module or "") is not None:
+        if self._sequential_of(self._dropout_module(site)) is not None:
             raise _Refused(f"{site.id} is an element of an nn.Sequential: taking it out would rename the "
                            "state_dict keys of the elements after it")
         instance, callee, line = self._call(site.node or "", site)
         unit.edits.append(self._edit(instance, lambda c: RemoveDropout(CallSite(c, callee, line=line))))
 
     def _move(self, unit: _Unit, site: Site, point: Point, change: Change) -> None:
-        if self._sequential_of(site.module or "") is not None:
+        if self._sequential_of(self._dropout_module(site)) is not None:
             return self._move_in_sequential(unit, site, point)
         instance, callee, line = self._call(site.node or "", site)
         place, to_callee, side = self._place(point)
@@ -275,6 +275,12 @@ class _Mapper:
                            "rename state_dict keys")
         instance, callee, _ = self._call(point.producer)
         return instance, callee, "after"
+
+    def _dropout_module(self, site: Site) -> str:
+        """The dropout's own module; "" for a functional dropout (its `module` is the caller, which may
+        well be an element of an nn.Sequential while the call is an ordinary line of its forward)."""
+        n = self.capture.nodes.get(site.node or "")
+        return site.module or "" if n is not None and n.op == "call_module" else ""
 
     def _sequential_of(self, qualname: str) -> tuple[str, int] | None:
         """(the Sequential's qualname, index) when `qualname` is an element of an nn.Sequential."""
