@@ -250,11 +250,12 @@ def test_the_patched_resnet_moves_the_block_dropout_after_bn2_and_the_head_dropo
     shown = _dropcheck(tmp_path, "fix", "resnet18.py:ResNet18", "--diff")
     assert _changed_lines(shown.stdout) == [
         "-        out = self.drop(out)  # regularise between the convolutions",
-        "+        out = self.drop(out)",
+        "+        out = self.drop(out)  # regularise between the convolutions",
         "+        out = self.dropout(out)",
         "-        out = self.dropout(out)",
     ]
-    assert "        out = self.bn2(self.conv2(out))\n+        out = self.drop(out)\n" in shown.stdout
+    assert "        out = self.bn2(self.conv2(out))\n+        out = self.drop(out)  # regularise between the " \
+        "convolutions\n" in shown.stdout
     assert "+        out = self.dropout(out)\n         out = F.avg_pool2d(out, 4)\n" in shown.stdout
 
 
