@@ -258,6 +258,24 @@ def test_a_moved_statement_keeps_its_own_comment_and_leaves_the_others() -> None
     assert "        out = self.drop(out)\n" in patch.patched
 
 
+def test_a_statement_moved_into_a_call_takes_its_comment_to_that_line() -> None:
+    source = '''class Net(nn.Module):
+    def forward(self, x):
+        out = self.pool(self.features(x)).flatten(1)
+        out = self.drop(out)  # regularise the classifier
+        return self.fc(out)
+'''
+    # the pool's input is an expression, so the dropout wraps it; a line with a comment keeps its own
+    moved = MoveDropout(CallSite("Net", "self.drop"), to=CallSite("Net", "self.pool"))
+    assert applied(source, moved).patched == source.replace(
+        "        out = self.pool(self.features(x)).flatten(1)\n",
+        "        out = self.pool(self.drop(self.features(x))).flatten(1)  # regularise the classifier\n",
+    ).replace("        out = self.drop(out)  # regularise the classifier\n", "")
+    commented = source.replace(".flatten(1)", ".flatten(1)  # backbone")
+    assert "        out = self.pool(self.drop(self.features(x))).flatten(1)  # backbone\n" in \
+        applied(commented, moved).patched
+
+
 def test_a_guard_does_not_move_when_its_statement_stays() -> None:
     # `h = out` stays under the `if`, so the guard cannot come along, and the dropout may not leave it
     source = WIDE_BLOCK_PRE_BN.replace("            out = F.dropout(out, p=self.droprate, training=self.training)",
@@ -310,7 +328,7 @@ def test_wrap_style_nests_the_dropout_in_the_weight_layer_call() -> None:
     assert method(patch.patched, "    def forward(self, x):\n        out = F.relu(self.bn1(self.conv1(x)))") == '''\
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(self.drop(out)))
+        out = self.bn2(self.conv2(self.drop(out)))  # regularise between the convolutions
         out += self.shortcut(x)
         out = F.relu(out)
         return out'''

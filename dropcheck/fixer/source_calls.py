@@ -204,10 +204,18 @@ def _apply_at(index: SourceIndex, call: cst.Call, site: CallSite, template: Drop
             new = guard.deep_clone().with_changes(body=guard.body.with_changes(body=(new,)), leading_lines=())
         return (insert_before if side == "before" else insert_after)(index, anchor, new)
     if side == "after":
-        wrapped = template.call_on(call.with_changes(lpar=(), rpar=())).with_changes(lpar=call.lpar, rpar=call.rpar)
-        return replace_node(index, call, wrapped)
-    value = _input_argument(index, call, site).value if not site.callee.startswith(".") else call.func.value
-    return replace_node(index, value, template.call_on(value))
+        old = call
+        new_node = template.call_on(call.with_changes(lpar=(), rpar=())).with_changes(lpar=call.lpar, rpar=call.rpar)
+    else:
+        old = _input_argument(index, call, site).value if not site.callee.startswith(".") else call.func.value
+        new_node = template.call_on(old)
+    found = index.statement_of(call)
+    line_of_call = found[1] if found is not None else None
+    if comment is not None and isinstance(line_of_call, cst.SimpleStatementLine) and \
+            not line_of_call.trailing_whitespace.comment:  # the comment goes to the line the dropout joins
+        return replace_node(index, line_of_call, line_of_call.deep_replace(old, new_node).with_changes(
+            trailing_whitespace=comment))
+    return replace_node(index, old, new_node)
 
 
 def _after_removal(before: SourceIndex, after: SourceIndex, site: CallSite, dropout: cst.Call,
