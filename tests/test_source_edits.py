@@ -167,7 +167,7 @@ def test_cifar_resnet18_fix_is_a_two_line_move_in_each_place() -> None:
     expected = RESNET18.replace('''        out = self.drop(out)  # regularise between the convolutions
         out = self.bn2(self.conv2(out))
 ''', '''        out = self.bn2(self.conv2(out))
-        out = self.drop(out)
+        out = self.drop(out)  # regularise between the convolutions
 ''').replace('''        out = F.avg_pool2d(out, 4)
         out = out.view(out.size(0), -1)
         out = self.dropout(out)
@@ -236,6 +236,46 @@ def test_a_guarded_dropout_moves_with_its_guard() -> None:
     assert changed_lines(patch) == (1, 1)  # difflib shows it as the relu2 line moving up
 
 
+def test_a_moved_statement_keeps_its_own_comment_and_leaves_the_others() -> None:
+    source = WIDE_BLOCK_PRE_BN.replace("training=self.training)\n", "training=self.training)  # p from the paper\n")
+    source = source.replace("        if self.droprate > 0:\n", "        # regularise\n        if self.droprate > 0:\n")
+    patch = applied(source, MoveDropout(CallSite("WideBasic", "F.dropout"), to=CallSite("WideBasic", "self.conv2")))
+    assert method(patch.patched, "    def forward") == method(source, "    def forward").replace('''
+        # regularise
+        if self.droprate > 0:
+            out = F.dropout(out, p=self.droprate, training=self.training)  # p from the paper
+        out = self.relu2(self.bn2(out))
+''', '''
+        # regularise
+        out = self.relu2(self.bn2(out))
+        if self.droprate > 0:
+            out = F.dropout(out, p=self.droprate, training=self.training)  # p from the paper
+''')
+    # a line holding more than the dropout keeps its comment where it is
+    source = RESNET18.replace("out = self.drop(out)  # regularise", "out = self.drop(out); n = 1  # regularise")
+    patch = applied(source, BLOCK_FIX)
+    assert "        n = 1  # regularise between the convolutions\n" in patch.patched
+    assert "        out = self.drop(out)\n" in patch.patched
+
+
+def test_a_statement_moved_into_a_call_takes_its_comment_to_that_line() -> None:
+    source = '''class Net(nn.Module):
+    def forward(self, x):
+        out = self.pool(self.features(x)).flatten(1)
+        out = self.drop(out)  # regularise the classifier
+        return self.fc(out)
+'''
+    # the pool's input is an expression, so the dropout wraps it; a line with a comment keeps its own
+    moved = MoveDropout(CallSite("Net", "self.drop"), to=CallSite("Net", "self.pool"))
+    assert applied(source, moved).patched == source.replace(
+        "        out = self.pool(self.features(x)).flatten(1)\n",
+        "        out = self.pool(self.drop(self.features(x))).flatten(1)  # regularise the classifier\n",
+    ).replace("        out = self.drop(out)  # regularise the classifier\n", "")
+    commented = source.replace(".flatten(1)", ".flatten(1)  # backbone")
+    assert "        out = self.pool(self.drop(self.features(x))).flatten(1)  # backbone\n" in \
+        applied(commented, moved).patched
+
+
 def test_a_guard_does_not_move_when_its_statement_stays() -> None:
     # `h = out` stays under the `if`, so the guard cannot come along, and the dropout may not leave it
     source = WIDE_BLOCK_PRE_BN.replace("            out = F.dropout(out, p=self.droprate, training=self.training)",
@@ -288,7 +328,7 @@ def test_wrap_style_nests_the_dropout_in_the_weight_layer_call() -> None:
     assert method(patch.patched, "    def forward(self, x):\n        out = F.relu(self.bn1(self.conv1(x)))") == '''\
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(self.drop(out)))
+        out = self.bn2(self.conv2(self.drop(out)))  # regularise between the convolutions
         out += self.shortcut(x)
         out = F.relu(out)
         return out'''
@@ -549,7 +589,7 @@ ODD_FIXED = ODD.replace('''
         y = F.adaptive_avg_pool2d( y, 1 ).flatten( 1 )
         y = F.dropout( y, self.p )  # always on!
 ''', '''
-        y = F.dropout(y, self.p, training=self.training)
+        y = F.dropout(y, self.p, training=self.training)  # always on!
         # pool, then classify
         y = F.adaptive_avg_pool2d( y, 1 ).flatten( 1 )
 ''')
@@ -578,7 +618,8 @@ def test_a_byte_order_mark_and_a_missing_final_newline_are_kept() -> None:
 def test_a_new_statement_takes_the_blocks_indentation() -> None:
     tabs = RESNET18.replace("    ", "\t")
     patch = applied(tabs, BLOCK_FIX)
-    assert "\t\tout = self.bn2(self.conv2(out))\n\t\tout = self.drop(out)\n\t\tout += self.shortcut(x)" in patch.patched
+    assert "\t\tout = self.bn2(self.conv2(out))\n\t\tout = self.drop(out)  # regularise between the convolutions\n" \
+        "\t\tout += self.shortcut(x)" in patch.patched
     assert changed_lines(patch) == (1, 1)
 
 

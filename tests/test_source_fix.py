@@ -248,13 +248,14 @@ def test_the_patched_resnet_moves_the_block_dropout_after_bn2_and_the_head_dropo
         tmp_path: Path) -> None:
     _write(tmp_path, CASES["cifar-resnet18"][0])
     shown = _dropcheck(tmp_path, "fix", "resnet18.py:ResNet18", "--diff")
-    assert _changed_lines(shown.stdout) == [
-        "-        out = self.drop(out)  # regularise between the convolutions",
-        "+        out = self.drop(out)",
+    assert _changed_lines(shown.stdout) == [  # the moved line keeps its comment, so difflib moves bn2 up
+        "+        out = self.bn2(self.conv2(out))",
+        "-        out = self.bn2(self.conv2(out))",
         "+        out = self.dropout(out)",
         "-        out = self.dropout(out)",
     ]
-    assert "        out = self.bn2(self.conv2(out))\n+        out = self.drop(out)\n" in shown.stdout
+    assert "+        out = self.bn2(self.conv2(out))\n         out = self.drop(out)  # regularise between the " \
+        "convolutions\n-        out = self.bn2(self.conv2(out))\n" in shown.stdout
     assert "+        out = self.dropout(out)\n         out = F.avg_pool2d(out, 4)\n" in shown.stdout
 
 

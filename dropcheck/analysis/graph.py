@@ -8,12 +8,14 @@ merges, train-compare sweeps the branches. Nodes are in topological order, which
 """
 from __future__ import annotations
 
+import operator
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import ops
@@ -23,6 +25,9 @@ BN, WEIGHT, ADD, CONCAT, POOL, ACT, SOFTMAX, DROPOUT, STOCHASTIC = (
     "bn", "weight", "add", "concat", "pool", "act", "softmax", "dropout", "stochastic")
 INPUT, PARAM, OPAQUE, OTHER = "input", "param", "opaque", "other"
 _CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.stack}
+# swish written out, x * sigmoid(x) (EfficientNet re-implementations): an activation, not a gate
+_MUL_FUNCTIONS, _MUL_METHODS = {operator.mul, torch.mul}, {"mul", "__mul__"}
+_SIGMOID_FUNCTIONS = {torch.sigmoid, F.sigmoid}
 MAX_BACK_STEPS = 64
 
 
@@ -45,6 +50,7 @@ class Graph:
         self.opaque_by_module = {o.module: o for o in capture.opaque}
         self.data = self._data_dependent()
         self.kinds = [self._kind(n) for n in self.nodes]
+        self._mark_swish()
         self.outputs = {self.index[o] for o in capture.outputs if o in self.index}
         self.final_pools = self._final_pools()
         self.post_pool = self.walk(self.final_pools, lambda i: False)
@@ -117,6 +123,26 @@ class Graph:
             if t in ("matmul", "__matmul__"):
                 return WEIGHT if self._has_param_operand(n) else OTHER
         return OTHER
+
+    def _mark_swish(self) -> None:
+        """`x * x.sigmoid()`, `x * torch.sigmoid(x)`: the product and its sigmoid are one activation
+        (SiLU), where a sigmoid of another tensor (an SE gate) is not."""
+        for i, n in enumerate(self.nodes):
+            if not ((n.op == "call_function" and n.target in _MUL_FUNCTIONS)
+                    or (n.op == "call_method" and n.target in _MUL_METHODS)) or len(n.args) != 2:
+                continue
+            a, b = (self.index.get(x) if isinstance(x, str) else None for x in n.args)
+            for x, gate in ((a, b), (b, a)):
+                if x is not None and gate is not None and self._is_sigmoid(gate) and self.inputs[gate] == [x]:
+                    self.kinds[i] = ACT
+                    if self.users[gate] == [i]:
+                        self.kinds[gate] = ACT
+
+    def _is_sigmoid(self, i: int) -> bool:
+        n = self.nodes[i]
+        return ((n.op == "call_function" and n.target in _SIGMOID_FUNCTIONS)
+                or (n.op == "call_method" and n.target == "sigmoid")
+                or (n.op == "call_module" and isinstance(n.module, nn.Sigmoid)))
 
     def _attention_p(self, n: FlowNode) -> float:
         return ops.function_p_and_training(n.target, n.args, n.kwargs)[0]

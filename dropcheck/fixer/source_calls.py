@@ -81,6 +81,7 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     # a guard moves only with a statement that goes entirely (`out = self.drop(out)`, not `h = ...`)
     goes = was_statement and _does_nothing(found[0].deep_replace(call, kept))
     guard = sole_guard(index, found[1], self_name) if goes else None
+    comment = _own_comment(found[1]) if goes else None  # `out = self.drop(out)  # why`: the why moves too
     # the dropout must run under the same loops and conditions after the move (its guard moves with it)
     around_source = index.enclosing_blocks(guard or call, method)
     target = index.find_call(to)
@@ -96,7 +97,7 @@ def move_dropout(index: SourceIndex, request: MoveDropout) -> cst.Module:
     removed = SourceIndex(_without_call(index, call, self_name, _is_module_call(source)))
     moved_target = _after_removal(index, removed, to, call, kept, target)
     return _apply_at(removed, moved_target, to, template, request.side, request.style,
-                     prefer_statement=was_statement, guard=guard, line=index.line(target))
+                     prefer_statement=was_statement, guard=guard, line=index.line(target), comment=comment)
 
 
 def gate_on_training(index: SourceIndex, request: GateOnTraining) -> cst.Module:
@@ -164,6 +165,13 @@ def _does_nothing(small: cst.BaseSmallStatement) -> bool:
     return False
 
 
+def _own_comment(line: cst.CSTNode) -> cst.TrailingWhitespace | None:
+    """The end-of-line comment of a line that holds one statement alone (`out = self.drop(out)  # why`)."""
+    if isinstance(line, cst.SimpleStatementLine) and len(line.body) == 1 and line.trailing_whitespace.comment:
+        return line.trailing_whitespace
+    return None
+
+
 def _only_dropout(small: cst.BaseSmallStatement, call: cst.Call) -> bool:
     """`out = self.drop(out)` or a bare `self.drop(out)`: the dropout is the whole statement."""
     if isinstance(small, cst.Expr):
@@ -175,9 +183,11 @@ def _only_dropout(small: cst.BaseSmallStatement, call: cst.Call) -> bool:
 
 
 def _apply_at(index: SourceIndex, call: cst.Call, site: CallSite, template: DropoutTemplate, side: Side,
-              style: Style, prefer_statement: bool, guard: cst.If | None = None, line: int | None = None) -> cst.Module:
+              style: Style, prefer_statement: bool, guard: cst.If | None = None, line: int | None = None,
+              comment: cst.TrailingWhitespace | None = None) -> cst.Module:
     """Apply the dropout at `call` (which `site` names). `line`: where the call is in the text the user
-    has (a move reads a module with the dropout already taken out, whose lines may have shifted)."""
+    has (a move reads a module with the dropout already taken out, whose lines may have shifted).
+    `comment`: the moved line's own end-of-line comment, kept on the new line when there is one."""
     slot = _statement_slot(index, call, site, side)
     statement = style == "statement" or guard is not None or (style == "auto" and prefer_statement
                                                                 and not isinstance(slot, str))
@@ -188,14 +198,24 @@ def _apply_at(index: SourceIndex, call: cst.Call, site: CallSite, template: Drop
                              f"(line {line or index.line(call)}), but {slot}")
         anchor, name = slot
         new: cst.BaseStatement = assignment_line(name, template.call_on(cst.Name(name)))
+        if comment is not None:
+            new = new.with_changes(trailing_whitespace=comment)
         if guard is not None:  # the guard comes along, around the new line (a copy: no node twice in a tree)
             new = guard.deep_clone().with_changes(body=guard.body.with_changes(body=(new,)), leading_lines=())
         return (insert_before if side == "before" else insert_after)(index, anchor, new)
     if side == "after":
-        wrapped = template.call_on(call.with_changes(lpar=(), rpar=())).with_changes(lpar=call.lpar, rpar=call.rpar)
-        return replace_node(index, call, wrapped)
-    value = _input_argument(index, call, site).value if not site.callee.startswith(".") else call.func.value
-    return replace_node(index, value, template.call_on(value))
+        old = call
+        new_node = template.call_on(call.with_changes(lpar=(), rpar=())).with_changes(lpar=call.lpar, rpar=call.rpar)
+    else:
+        old = _input_argument(index, call, site).value if not site.callee.startswith(".") else call.func.value
+        new_node = template.call_on(old)
+    found = index.statement_of(call)
+    line_of_call = found[1] if found is not None else None
+    if comment is not None and isinstance(line_of_call, cst.SimpleStatementLine) and \
+            not line_of_call.trailing_whitespace.comment:  # the comment goes to the line the dropout joins
+        return replace_node(index, line_of_call, line_of_call.deep_replace(old, new_node).with_changes(
+            trailing_whitespace=comment))
+    return replace_node(index, old, new_node)
 
 
 def _after_removal(before: SourceIndex, after: SourceIndex, site: CallSite, dropout: cst.Call,

@@ -89,14 +89,14 @@ class Mapper:
     # --- one change ------------------------------------------------------------------------------
 
     def _remove(self, unit: Unit, site: Site) -> None:
-        if self._sequential_of(site.module or "") is not None:
+        if self._sequential_of(self._dropout_module(site)) is not None:
             return self._reorder(unit, site, None, False)
         instance, callee, line = self._call(site.node or "", site)
         unit.edits.append(self._edit(instance, lambda c: RemoveDropout(CallSite(c, callee, line=line))))
         return None
 
     def _move(self, unit: Unit, site: Site, point: Point, change: Change) -> None:
-        if self._sequential_of(site.module or "") is not None:
+        if self._sequential_of(self._dropout_module(site)) is not None:
             return self._move_in_sequential(unit, site, point, change)
         instance, callee, line = self._call(site.node or "", site)
         place, to_callee, side = self._place(point)
@@ -179,7 +179,7 @@ class Mapper:
         if p == site.p:
             return
         try:
-            in_sequential = self._sequential_of(site.module or "")
+            in_sequential = self._sequential_of(self._dropout_module(site))
             if in_sequential is not None:
                 seq_name, index = in_sequential
                 parent, _, attribute = seq_name.rpartition(".")
@@ -259,6 +259,12 @@ class Mapper:
                            "rename state_dict keys")
         instance, callee, _ = self._call(point.producer)
         return instance, callee, "after"
+
+    def _dropout_module(self, site: Site) -> str:
+        """The dropout's own module; "" for a functional dropout (its `module` is the caller, which may
+        well be an element of an nn.Sequential while the call is an ordinary line of its forward)."""
+        n = self.capture.nodes.get(site.node or "")
+        return site.module or "" if n is not None and n.op == "call_module" else ""
 
     def _sequential_of(self, qualname: str) -> tuple[str, int] | None:
         """(the Sequential's qualname, index) when `qualname` is an element of an nn.Sequential."""
