@@ -139,6 +139,44 @@ def test_train_mode_check_fails_when_a_dropout_stops_dropping() -> None:
     assert not check.ok and name in check.detail
 
 
+class _ZeroGammaBlock(nn.Module):
+    """A residual block whose last BatchNorm is zero-initialised (timm, torchvision's zero_init_residual):
+    untrained, its branch adds nothing in eval mode, so any branch computes the same outputs."""
+
+    def __init__(self, wrong: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        nn.init.zeros_(self.bn.weight)
+        self.wrong = wrong
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = F.relu(x) if self.wrong else x  # a wrong rewrite: an activation that was not there
+        return x + self.bn(self.conv(inner))
+
+
+def test_eval_check_catches_a_wrong_branch_that_zero_initialised_weights_hide() -> None:
+    from dropcheck.fixer.verify import verify_fix
+    from dropcheck.analysis.capture import capture_graph
+    from dropcheck.analysis.pipeline import api_target
+
+    original, wrong = _ZeroGammaBlock(), _ZeroGammaBlock(wrong=True)
+    wrong.load_state_dict(original.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(original.eval()(x), wrong.eval()(x))  # the original weights cannot tell them apart
+    own = {k: v.clone() for k, v in original.state_dict().items()}
+    capture = capture_graph(api_target(original, x))
+    checks = verify_fix(capture, wrong, (x,), False, lambda m: (audit(m, x), 0))
+    check = next(c for c in checks if c.name == "eval outputs")
+    assert not check.ok and "randomised BatchNorm statistics" in check.detail
+    assert all(torch.equal(v, own[k]) for k, v in original.state_dict().items())  # restored exactly
+    right = _ZeroGammaBlock()
+    right.load_state_dict(own)
+    ok = next(c for c in verify_fix(capture, right, (x,), False, lambda m: (audit(m, x), 0)) if c.name == "eval outputs")
+    assert ok.ok and "randomised BatchNorm statistics" in ok.detail
+
+
 class _PooledBatchNorm(nn.Module):
     """Functional batch_norm on a pooled 1x1 map: train mode needs two values per channel."""
 

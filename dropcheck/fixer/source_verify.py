@@ -26,7 +26,7 @@ import torch
 from ..analysis.load import is_library_frame
 from ..records import Capture, Check, Target
 from .source_fix import SourceEdits
-from .verify import VERIFY_THREADS, capped_threads, eval_mode, eval_reference
+from .verify import VERIFY_THREADS, capped_threads, eval_mode, eval_reference, loaded, probe_state
 
 SEEDS = (0, 1, 2)
 TIMEOUT_S = 600
@@ -73,13 +73,17 @@ def verify_source(target: Target, capture: Capture, edits: SourceEdits, root: Pa
         inputs = [random_like(target.inputs, seed) for seed in SEEDS]
         reference = eval_reference(capture, always_on)
         # the worker runs on VERIFY_THREADS too: bit-identity is only promised at one thread count
+        probe = probe_state(capture.root)
         with eval_mode(capture.root), torch.no_grad(), capped_threads(VERIFY_THREADS):
             expected = [reference(*x) for x in inputs]
+            with loaded(capture.root, probe):
+                probe_expected = [reference(*x) for x in inputs]
         payload = Path(tmp) / "payload.pt"
         torch.save({"spec": spec, "model_args": model_args, "input_shape": list(target.input_shape or []),
                     "state_dict": capture.root.state_dict(), "inputs": inputs, "expected": expected,
                     "fixed": edits.fixed, "original_sites": original_sites, "always_on": always_on,
-                    "key_map": edits.key_map, "p_written": edits.p_written}, payload)
+                    "key_map": edits.key_map, "p_written": edits.p_written, "probe_state": probe,
+                    "probe_expected": probe_expected}, payload)
         done = (worker or Worker()).run(payload, tree)
         if done is None:
             return [Check("fresh import", False, f"the patched model did not finish its checks in {TIMEOUT_S} s")]

@@ -23,7 +23,7 @@ from ..analysis.pipeline import audit_captured
 from ..records import Check, DropcheckError
 from .plan import plan_fix
 from .source_fix import plan_source_fix
-from .verify import VERIFY_THREADS, eval_mode, same_outputs
+from .verify import PROBED, VERIFY_THREADS, eval_mode, loaded, same_outputs
 
 
 def run_checks(payload: dict[str, Any]) -> list[Check]:
@@ -46,11 +46,17 @@ def run_checks(payload: dict[str, Any]) -> list[Check]:
                                f"{_first_line(exc)}")]
     checks.append(Check("state_dict", True, f"the original's {len(state)} keys load with strict=True{through}"))
     against = "the original with its always-on dropout switched off" if payload["always_on"] else "the original"
+    probe = {key_map.get(k, k): v for k, v in payload["probe_state"].items()}
+    differ: list[str] = []
     with eval_mode(model), torch.no_grad():
-        differ = [i for i, (x, y) in enumerate(zip(payload["inputs"], payload["expected"]))
-                  if not same_outputs(y, model(*x))]
+        for weights, state, expected in (("its own weights", None, payload["expected"]),
+                                         ("randomised BatchNorm statistics", probe, payload["probe_expected"])):
+            with loaded(model, state):
+                differ += [f"#{i} ({weights})" for i, (x, y) in enumerate(zip(payload["inputs"], expected))
+                           if not same_outputs(y, model(*x))]
     checks.append(Check("eval outputs", not differ, f"bit-identical to {against} on {len(payload['inputs'])} "
-                        "random inputs" if not differ else f"differ from {against} on random input #{differ[0]}"))
+                        f"random inputs ({PROBED})" if not differ else
+                        f"differ from {against} on random input {differ[0]}"))
     capture = capture_graph(target)
     analysis, report = audit_captured(target, capture, ignores=False)
     if any(s.active for s in analysis.sites):

@@ -63,18 +63,68 @@ def _reaudit_check(report: Report, unfixable: set[str], after_pool: set[str]) ->
 
 
 def _same_eval_outputs(capture: Capture, fixed: nn.Module, inputs: tuple[Any, ...], always_on: bool) -> Check:
-    """Compare eval outputs on random inputs shaped like the example."""
+    """Compare eval outputs on random inputs shaped like the example, with the original's weights and
+    again with a probe state (probe_state) loaded into both."""
     reference = eval_reference(capture, always_on)
     against = "the original with its always-on dropout switched off" if always_on else "the original"
+    probe = probe_state(capture.root)
     with eval_mode(capture.root), eval_mode(fixed), torch.no_grad():
-        for seed in _SEEDS:
-            args = _random_like(inputs, seed)
-            expected, got = reference(*args), fixed(*args)
-            if not same_outputs(expected, got):
-                where = first_difference(expected, got)
-                return Check("eval outputs", False, f"{where or 'the output'} differs from {against} on random "
-                             f"input #{seed}")
-    return Check("eval outputs", True, f"bit-identical to {against} on {len(_SEEDS)} random inputs")
+        for weights in ("its own weights", "randomised BatchNorm statistics"):
+            with loaded(capture.root, probe if weights != "its own weights" else None), \
+                    loaded(fixed, probe if weights != "its own weights" else None):
+                for seed in _SEEDS:
+                    args = _random_like(inputs, seed)
+                    expected, got = reference(*args), fixed(*args)
+                    if not same_outputs(expected, got):
+                        where = first_difference(expected, got)
+                        return Check("eval outputs", False, f"{where or 'the output'} differs from {against} on "
+                                     f"random input #{seed} ({weights})")
+    return Check("eval outputs", True, f"bit-identical to {against} on {len(_SEEDS)} random inputs ({PROBED})")
+
+
+PROBED = "with its own weights, and with randomised BatchNorm statistics"
+
+
+def probe_state(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The model's state with every BatchNorm's statistics and affine terms drawn at random, and every
+    all-zero floating tensor filled. Untrained, a network's eval outputs can be all but constant
+    across inputs (BatchNorm at mean 0, var 1; zero-initialised last gammas or heads), and then
+    equal outputs would prove little; the same state in both models makes the comparison bite."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = {name for name, m in model.named_modules() if ops.is_batchnorm_module(m)}
+    state = {}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if not value.is_floating_point() or value.device.type == "meta":
+            state[key] = value
+            continue
+        noise = torch.randn(value.shape, generator=generator)
+        if owner in norms and leaf == "running_var":
+            new = 0.5 + 1.5 * torch.rand(value.shape, generator=generator)
+        elif owner in norms and leaf in ("running_mean", "bias"):
+            new = 0.5 * noise
+        elif owner in norms and leaf == "weight":
+            new = 1.0 + 0.3 * noise
+        elif value.numel() and not bool(value.any()):
+            new = 0.1 * noise
+        else:
+            new = value
+        state[key] = new.to(device=value.device, dtype=value.dtype)
+    return state
+
+
+@contextmanager
+def loaded(model: nn.Module, state: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """`state` loaded into `model` meanwhile (None: nothing changes); its own state restored after."""
+    if state is None:
+        yield
+        return
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own, strict=True)
 
 
 def eval_reference(capture: Capture, always_on: bool) -> Callable[..., Any]:
