@@ -90,7 +90,9 @@ def test_what_fix_does_follows_the_design() -> None:
 def test_dc001_advice_depends_on_the_site_kind() -> None:
     rule = get_rule("DC001")
     assert rule.advice("branch.pre_bn").startswith("move it after the branch's last BatchNorm")
-    assert rule.advice("trunk.pre_bn").startswith("move it into a residual branch")
+    assert rule.advice("trunk.pre_bn", "P0").startswith("move it into the residual branch of the block it enters")
+    trunk = rule.advice("trunk.pre_bn")  # an MLP, a U-Net, a plain CNN: Li et al.'s place, or remove it
+    assert "residual branch" not in trunk and "no BatchNorm follows" in trunk and "--remove" in trunk
     assert rule.advice("head.pre_bn").startswith("move it after the head's BatchNorm")
     assert rule.advice("head.post_gap") == rule.fix  # any other kind: the page's `fix`
 

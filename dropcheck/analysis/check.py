@@ -74,7 +74,7 @@ def _firing_order(rule: Rule) -> tuple[int, str]:
 def _finding(rule: Rule, site: Site, context: Context) -> Finding:
     fields = _fields(site, context)
     return Finding(rule=rule.code, name=rule.name, severity=rule.severity, dropout=site.id,
-                   message=rule.message.format(**fields), fix=rule.advice(site.site).format(**fields),
+                   message=rule.message.format(**fields), fix=rule.advice(site.site, site.paper_position).format(**fields),
                    reaches=site.reaches, source=site.source)
 
 

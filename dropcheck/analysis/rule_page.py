@@ -13,6 +13,7 @@ definition; the engine reads it:
     message: {op}(p={p}){at} follows ... the finding's message, a template over check.MESSAGE_FIELDS
     fix: move it before ...              the finding's fix advice (a template too)
     fix.branch.pre_bn: ...               the advice for one site kind, where it differs
+    fix.trunk.pre_bn@P0: ...             ... and for one paper position of that kind
     fix-action: move                     what `dropcheck fix` does with it: move, convert or none
     fix-moves: branch.post_weight        with move: the site kinds it is moved from, or `any`
     fix-verifies: yes                    fix checks that a re-audit shows none of it
@@ -45,7 +46,7 @@ HEADINGS = (
 _OPTIONAL_KEYS = {"fix-moves"}  # only with `fix-action: move`
 _ADVICE_PREFIX = "fix."  # fix.<site kind>: the advice for that kind
 _FILE_NAME = re.compile(r"^(DC\d{3})-([a-z0-9]+(?:-[a-z0-9]+)*)\.md$")
-_KEY_VALUE = re.compile(r"^([a-z][a-z0-9_.-]*):(.*)$")
+_KEY_VALUE = re.compile(r"^([a-z][a-z0-9_.-]*(?:@[A-Za-z0-9]+)?):(.*)$")
 _FENCE_OPEN = re.compile(r"^(`{3,}|~{3,})\s*([^\s`]*)")
 _PYTHON_INFO = {"python", "py"}
 _SITE_KINDS = tuple(kind.value for kind in SiteKind)
@@ -134,9 +135,11 @@ def _check_key(path: pathlib.Path, key: str) -> None:
     if key in FRONT_MATTER_KEYS:
         return
     if key.startswith(_ADVICE_PREFIX):
-        if key[len(_ADVICE_PREFIX) :] in _SITE_KINDS:
+        kind, _, position = key[len(_ADVICE_PREFIX) :].partition("@")  # fix.<kind>@<paper position>
+        if kind in _SITE_KINDS and (not position or position.isalnum()):
             return
-        problem = f"front matter key '{key}' names no site kind (fix.<site kind>, one of {', '.join(_SITE_KINDS)})"
+        problem = (f"front matter key '{key}' names no site kind (fix.<site kind> or fix.<site kind>@<position>, "
+                   f"kinds: {', '.join(_SITE_KINDS)})")
         raise catalog_error(path, problem)
     raise catalog_error(path, f"unknown front matter key '{key}'")
 
@@ -212,7 +215,7 @@ def _advice_by_site(path: pathlib.Path, fields: dict[str, str],
         if not key.startswith(_ADVICE_PREFIX):
             continue
         kind = key[len(_ADVICE_PREFIX) :]
-        if Rule.ANY not in sites and kind not in sites:  # advice nobody could ever read
+        if Rule.ANY not in sites and kind.partition("@")[0] not in sites:  # advice nobody could ever read
             raise catalog_error(path, f"{key}: the rule does not fire on {kind} (sites: {', '.join(sites)})")
         advice.append((kind, _template(path, key, value)))
     return tuple(advice)

@@ -236,9 +236,10 @@ class Rule:
         """Whether the page lists this site kind (a SiteKind or its value)."""
         return self.ANY in self.sites or str(kind) in self.sites
 
-    def advice(self, kind: str) -> str:
-        """The fix advice template for a site of this kind."""
-        return dict(self.fix_by_site).get(str(kind), self.fix)
+    def advice(self, kind: str, position: str | None = None) -> str:
+        """The fix advice template for a site of this kind (and paper position, where the page has one)."""
+        by_site = dict(self.fix_by_site)
+        return by_site.get(f"{kind}@{position}") or by_site.get(str(kind), self.fix)
 
     def to_dict(self) -> dict[str, Any]:
         return {
