@@ -130,7 +130,8 @@ def curves_figure(comparison: Comparison) -> Any:
         label = name if len(runs) == 1 else f"{name} (mean of {len(runs)} seeds)"
         for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
             epochs, means, stds = _by_epoch(runs, key)
-            ax.plot(epochs, means, color=f"C{index}", marker="o", markersize=4, label=label)
+            ax.plot(epochs, means, color=f"C{index}", marker="o", markersize=4, label=label,
+                    markevery=max(1, len(epochs) // 40))  # every epoch, or every k-th of a long run
             if len(runs) > 1:
                 ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=f"C{index}", alpha=0.2, linewidth=0)
