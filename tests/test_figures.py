@@ -153,8 +153,8 @@ def test_curves_after_one_epoch_draw_visible_points_on_an_integer_tick() -> None
 
 
 def test_curves_over_three_seeds_have_integer_epochs_a_named_band_and_a_plain_loss_axis(tmp_path: Path) -> None:
-    runs = [_run(v, s, [80 + s + 2 * e + (v == "fixed") for e in range(3)], [2.1 - 0.02 * e - 0.01 * s for e in range(3)])
-            for v in ("original", "fixed") for s in range(3)]
+    runs = [_run(v, s, [80 + s + 2 * e + (v == "fixed") for e in range(3)],
+                 [2.1 - 0.02 * e - 0.01 * s for e in range(3)]) for v in ("original", "fixed") for s in range(3)]
     fig = figures.curves_figure(_comparison(runs, [0, 1, 2]))
     acc_ax, loss_ax = fig.axes
     fig.canvas.draw()

@@ -197,8 +197,8 @@ def _fig1_row(n: int, mean: float, keep: float, w: torch.Tensor, x_square: torch
     closed_pre = var_z / (var_z + drop_term * ((w.double() ** 2) @ x_square))
     delta_post, delta_pre = _delta(test, post), _delta(test, pre)
     holds = None if mean == 0 else delta_post < delta_pre < 1.0
-    return {"width": n, "mean_w": mean, "keep": keep, "delta_post": delta_post, "closed_post": float(closed_post.mean()),
-            "delta_pre": delta_pre, "closed_pre": float(closed_pre.mean()), "holds": holds}
+    return {"width": n, "mean_w": mean, "keep": keep, "delta_post": delta_post,
+            "closed_post": float(closed_post.mean()), "delta_pre": delta_pre, "closed_pre": float(closed_pre.mean()), "holds": holds}
 
 
 # --- Figure 3: non-residual vs residual block (Propositions 3-4) ---------------------------------
