@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..records import DropcheckError, Reproduction
+from ..records.measure import KEEP_PROBABILITY, ClosedCurve
 from .device import check_device, resolve_device
 from .stats import ChannelStats
 
@@ -27,6 +28,10 @@ FIGURES = ("fig1", "fig3", "prop5")
 PAPER_BATCH = 100_000  # the paper's mini-batch, used on CUDA
 CPU_BATCH = 8192
 DEFAULT_BATCHES = 4
+KEEP_HEADER = "p (keep)"  # the tables' column; KEEP_NOTE says what it is
+KEEP_NOTE = (f"p (keep) is the {KEEP_PROBABILITY}: a unit is kept with probability p; PyTorch's nn.Dropout "
+             "takes the drop probability 1 - p")
+CURVE_POINTS = 41  # closed forms drawn as lines are evaluated on this many points
 
 FIG1_WIDTHS = (128, 256, 512, 1024, 2048)
 FIG1_MEANS = (-0.02, -0.01, 0.0, 0.01, 0.02)  # E[W]; the paper does not list its values
@@ -156,7 +161,8 @@ def run_fig1(setup: Setup, widths: Sequence[int] = FIG1_WIDTHS, means: Sequence[
         (("width", "width"), ("mean_w", "E[W]"), ("delta_post", "Δ(Post)"), ("closed_post", "eq. (6)"),
          ("delta_pre", "Δ(Pre)"), ("closed_pre", "closed"), ("holds", "holds")),
         tuple(rows), (("delta_post", "closed_post"), ("delta_pre", "closed_pre")),
-        (f"keep p = {keep:g}, Var[W] = 2/n; the E[W] grid is ours (the paper does not list its values)",
+        (f"p (keep) = {keep:g}, i.e. nn.Dropout({1 - keep:g}); Var[W] = 2/n; the E[W] grid is ours "
+         "(the paper does not list its values)", KEEP_NOTE,
          "closed forms use the measured test-phase moments of z = Wx and x: eq. (6) for Post; for Pre "
          "Var_train = Var[z] + (1-p)/p · Σ_j w_ij² E[x_j²], eq. (6) applied to each input"))
 
@@ -191,8 +197,8 @@ def _fig1_row(n: int, mean: float, keep: float, w: torch.Tensor, x_square: torch
     closed_pre = var_z / (var_z + drop_term * ((w.double() ** 2) @ x_square))
     delta_post, delta_pre = _delta(test, post), _delta(test, pre)
     holds = None if mean == 0 else delta_post < delta_pre < 1.0
-    return {"width": n, "mean_w": mean, "delta_post": delta_post, "closed_post": float(closed_post.mean()),
-            "delta_pre": delta_pre, "closed_pre": float(closed_pre.mean()), "holds": holds}
+    return {"width": n, "mean_w": mean, "keep": keep, "delta_post": delta_post,
+            "closed_post": float(closed_post.mean()), "delta_pre": delta_pre, "closed_pre": float(closed_pre.mean()), "holds": holds}
 
 
 # --- Figure 3: non-residual vs residual block (Propositions 3-4) ---------------------------------
@@ -209,10 +215,11 @@ def run_fig3(setup: Setup, keeps: Sequence[float] = FIG3_KEEPS, variances: Seque
     return Reproduction(
         "fig3", "Figure 3 (Propositions 3-4): non-residual f(x0) vs residual x0 + f(x0)", setup.describe(),
         "Δ(non-residual) < Δ(residual) < 1",
-        (("keep", "p"), ("var_x0", "Var[x0]"), ("delta_f", "Δ(f)"), ("closed_f", "eq. (29)"),
+        (("keep", KEEP_HEADER), ("var_x0", "Var[x0]"), ("delta_f", "Δ(f)"), ("closed_f", "eq. (29)"),
          ("delta_res", "Δ(x0+f)"), ("closed_res", "eq. (31)"), ("holds", "holds")),
         tuple(rows), (("delta_f", "closed_f"), ("delta_res", "closed_res")),
-        (f"width n = {n}, He initialisation N(0, 2/n), first block (l = 0), γ = 1",))
+        (f"width n = {n}, He initialisation N(0, 2/n), first block (l = 0), γ = 1", KEEP_NOTE),
+        closed_fig3_curves(keeps, variances))
 
 
 @torch.no_grad()
@@ -247,6 +254,17 @@ def _fig3_row(keep: float, var_x0: float, delta_f: float, delta_res: float) -> d
             "delta_res": delta_res, "closed_res": closed_fig3(keep, var_x0), "holds": delta_f < delta_res < 1.0}
 
 
+def closed_fig3_curves(keeps: Sequence[float], variances: Sequence[float]) -> tuple[ClosedCurve, ...]:
+    """Eq. (31) per keep on a fine log grid over the Var[x0] range, and eq. (29), which does not depend on it."""
+    low, high = math.log(min(variances)), math.log(max(variances))
+    xs = tuple(math.exp(low + (high - low) * i / (CURVE_POINTS - 1)) for i in range(CURVE_POINTS))
+    curves = []
+    for keep in keeps:
+        curves.append(ClosedCurve("eq. (31)", "delta_res", "keep", keep, xs, tuple(closed_fig3(keep, v) for v in xs)))
+        curves.append(ClosedCurve("eq. (29)", "delta_f", "keep", keep, (xs[0], xs[-1]), (closed_fig3(keep),) * 2))
+    return tuple(curves)
+
+
 def closed_fig3(keep: float, var_x0: float | None = None) -> float:
     """Eq. (29) for the non-residual block; eq. (31) with l = 0, γ = 1 for the residual one."""
     test, train = (math.pi - 1.0) / math.pi, (math.pi / keep - 1.0) / math.pi  # eqs. (18)-(19)
@@ -277,12 +295,12 @@ def run_prop5(setup: Setup, sizes: Sequence[int] = PROP5_SIZES, keeps: Sequence[
     return Reproduction(
         "prop5", "Proposition 5: GAP(Dropout(x)) at H4 vs Dropout(GAP(x)) at H5", setup.describe(),
         "Var[H4] < Var[H5]",
-        (("size", "HxW"), ("keep", "p"), ("var_gap", "Var[GAP]"), ("closed_gap", "σ²/S"),
+        (("size", "HxW"), ("keep", KEEP_HEADER), ("var_gap", "Var[GAP]"), ("closed_gap", "σ²/S"),
          ("var_h4", "Var[H4]"), ("closed_h4", "closed"), ("var_h5", "Var[H5]"), ("closed_h5", "closed"),
          ("holds", "holds")),
         rows, (("var_gap", "closed_gap"), ("var_h4", "closed_h4"), ("var_h5", "closed_h5")),
         (f"x = ReLU(N(0, 1)), {channels} channels, i.i.d. entries with μ = 1/√(2π), σ² = (π-1)/(2π); "
-         "S = H·W; variances are averaged over channels",))
+         "S = H·W; variances are averaged over channels", KEEP_NOTE))
 
 
 def _prop5_row(s: int, keep: float, gap: ChannelStats, h4: ChannelStats, h5: ChannelStats) -> dict[str, Any]:

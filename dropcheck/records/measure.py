@@ -4,6 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The paper writes p for the probability a unit is KEPT (Definition 1); PyTorch's nn.Dropout(p) and the rest
+# of dropcheck take the probability it is DROPPED. Every table and figure of `reproduce` names which one it means.
+KEEP_PROBABILITY = "keep probability (the paper's p)"
+DROP_PROBABILITY = "drop probability (nn.Dropout's p)"
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -26,6 +31,23 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class ClosedCurve:
+    """A closed form drawn as a line beside the measured points it predicts: `ys` over `xs`, for the rows
+    whose `group_key` equals `group` (e.g. one keep probability); `measured` names the rows' key it predicts."""
+
+    label: str  # "eq. (31)"
+    measured: str  # the row key of the measured values, e.g. "delta_res"
+    group_key: str
+    group: Any
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "measured": self.measured, "group_key": self.group_key, "group": self.group,
+                "xs": list(self.xs), "ys": list(self.ys)}
+
+
+@dataclass(frozen=True)
 class Reproduction:
     """One figure's rows: measured values, closed forms, and whether the paper's ordering holds."""
 
@@ -37,6 +59,7 @@ class Reproduction:
     rows: tuple[dict[str, Any], ...]  # each has "holds": True, False or None (claim not tested)
     closed_pairs: tuple[tuple[str, str], ...]  # (measured key, closed-form key)
     notes: tuple[str, ...] = ()
+    curves: tuple[ClosedCurve, ...] = ()  # closed forms on a fine grid, for the figure
 
     @property
     def tested(self) -> int:
@@ -55,4 +78,4 @@ class Reproduction:
         return {"figure": self.figure, "title": self.title, "setup": self.setup, "claim": self.claim,
                 "claim_holds": self.held, "claim_tested": self.tested, "max_rel_error": self.max_rel_error,
                 "closed_pairs": [list(pair) for pair in self.closed_pairs], "notes": list(self.notes),
-                "rows": [dict(row) for row in self.rows]}
+                "rows": [dict(row) for row in self.rows], "closed_curves": [c.to_dict() for c in self.curves]}
