@@ -1,5 +1,5 @@
-"""Edits of the modules a class declares: add a dropout to `__init__`, make a channel-wise dropout
-element-wise, and move a dropout inside an `nn.Sequential(...)` literal without renaming a key.
+"""Edits of the modules a class declares: add a dropout to `__init__` (or take out one nothing calls any
+more), make a channel-wise dropout element-wise, and move a dropout inside an `nn.Sequential(...)` literal without renaming a key.
 
 torch.nn is written the way the file writes it (`nn.Dropout`, `torch.nn.Dropout`, or `Dropout`
 when the file imports classes from torch.nn); an import is added only when the file has none.
@@ -13,8 +13,8 @@ import libcst as cst
 import libcst.matchers as m
 
 from .source_locate import CannotEdit, SourceIndex, dotted_name, free_names
-from .source_requests import DeclareDropout, MakeElementwise, MoveInSequential
-from .source_statements import append_item, insert_after, replace_node, replace_nodes
+from .source_requests import DeclareDropout, MakeElementwise, MoveInSequential, RemoveDeclaration
+from .source_statements import append_item, insert_after, remove_statement, replace_node, replace_nodes
 
 DROPOUT_MODULES = frozenset(f"torch.nn.{n}" for n in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
                                                        "AlphaDropout", "FeatureAlphaDropout"))
@@ -54,6 +54,28 @@ def declare_dropout(index: SourceIndex, request: DeclareDropout) -> cst.Module:
             raise CannotEdit(f"{request.cls}.__init__ assigns no {self_name}.{request.after} to put the dropout after")
         anchor = next(a for a in index.ancestors(found[0]) if index.parent(a) is init.body)
     return with_import(insert_after(index, anchor, line))
+
+
+def remove_declaration(index: SourceIndex, request: RemoveDeclaration) -> cst.Module:
+    try:
+        init = index.find_method(request.cls, "__init__")
+        cls = index.find_class(request.cls)
+    except CannotEdit:
+        return index.module  # declared in a base class, or elsewhere: left as it is
+    self_name = index.self_name(init)
+    found = assignments(init, self_name, request.attribute)
+    if len(found) != 1 or not isinstance(found[0], cst.Assign) or len(found[0].targets) != 1:
+        return index.module
+    value = found[0].value
+    if not (isinstance(value, cst.Call) and index.imported_names(value) & DROPOUT_MODULES):
+        return index.module
+    target = m.Attribute(value=m.Name(self_name), attr=m.Name(request.attribute))
+    if len(m.findall(cls, target)) > 1 or len(m.findall(cls, m.Attribute(attr=m.Name(request.attribute)))) > 1:
+        return index.module  # still read somewhere in the class (or through another name)
+    line = index.parent(found[0])
+    if not isinstance(line, cst.SimpleStatementLine) or len(line.body) != 1:
+        return index.module
+    return remove_statement(index, line, self_name)
 
 
 def make_elementwise(index: SourceIndex, request: MakeElementwise) -> cst.Module:

@@ -26,21 +26,24 @@ import libcst as cst
 from ..atomic import write_with
 from ..records import DropcheckError
 from .source_calls import apply_dropout, gate_on_training, move_dropout, remove_dropout
-from .source_declarations import declare_dropout, make_elementwise, move_in_sequential, sequential_key_renames
+from .source_declarations import (declare_dropout, make_elementwise, move_in_sequential, remove_declaration,
+                                  sequential_key_renames)
 from .source_locate import CannotEdit, SourceIndex
 from .source_probability import set_dropout_p
 from .source_requests import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, EditResult, GateOnTraining,
-                              MakeElementwise, MoveDropout, MoveInSequential, RemoveDropout, ReorderSequential,
-                              SetDropoutP)
+                              MakeElementwise, MoveDropout, MoveInSequential, RemoveDeclaration, RemoveDropout,
+                              ReorderSequential, SetDropoutP)
 from .source_sequential import reorder_sequential, sequential_order
 
 __all__ = ["AllOf", "ApplyDropout", "CallSite", "DeclareDropout", "EditRequest", "EditResult", "GateOnTraining",
-           "MakeElementwise", "MoveDropout", "MoveInSequential", "RemoveDropout", "ReorderSequential", "SetDropoutP",
+           "MakeElementwise", "MoveDropout", "MoveInSequential", "RemoveDeclaration", "RemoveDropout",
+           "ReorderSequential", "SetDropoutP",
            "SourcePatch", "patch_source", "read_source", "sequential_key_renames", "sequential_order", "source_hash",
            "write_patch"]
 
 _EDITS: dict[type, Callable[[SourceIndex, EditRequest], cst.Module]] = {
     RemoveDropout: remove_dropout,
+    RemoveDeclaration: remove_declaration,
     ApplyDropout: apply_dropout,
     MoveDropout: move_dropout,
     DeclareDropout: declare_dropout,

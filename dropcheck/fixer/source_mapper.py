@@ -21,7 +21,8 @@ from ..analysis.load import is_library_frame
 from ..records import Capture, Change, Site, SourceNote
 from .plan import Plan, Point
 from .source_edits import (AllOf, ApplyDropout, CallSite, DeclareDropout, EditRequest, GateOnTraining,
-                           MakeElementwise, MoveDropout, RemoveDropout, ReorderSequential, SetDropoutP, read_source)
+                           MakeElementwise, MoveDropout, RemoveDeclaration, RemoveDropout, ReorderSequential,
+                           SetDropoutP, read_source)
 from .source_keys import CHECKPOINT_HINT, PEdit
 from .source_sequential import order_renames, sequential_order
 
@@ -93,6 +94,8 @@ class Mapper:
             return self._reorder(unit, site, None, False)
         instance, callee, line = self._call(site.node or "", site)
         unit.edits.append(self._edit(instance, lambda c: RemoveDropout(CallSite(c, callee, line=line))))
+        if callee.startswith("self."):  # its declaration goes too, where nothing else in the class uses it
+            unit.edits.append(self._edit(instance, lambda c: RemoveDeclaration(c, callee.removeprefix("self."))))
         return None
 
     def _move(self, unit: Unit, site: Site, point: Point, change: Change) -> None:

@@ -48,6 +48,17 @@ class RemoveDropout:
 
 
 @dataclass(frozen=True)
+class RemoveDeclaration:
+    """Take out `self.<attribute> = nn.Dropout(...)` from `cls.__init__` once nothing in the class uses
+    `self.<attribute>` any more (a dropout module holds no state: no state_dict key changes). A tidy-up:
+    where it is not safe (still used, several assignments, not a torch.nn dropout, shared line) it
+    leaves the file as it is rather than refusing."""
+
+    cls: str
+    attribute: str
+
+
+@dataclass(frozen=True)
 class ApplyDropout:
     """Call a dropout on the input of the call at `at` (side "before") or on its result ("after").
 
