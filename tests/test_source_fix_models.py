@@ -100,7 +100,7 @@ CASES = {
     # relu, before the pool (H4): one dropout goes there and the other five go (Guideline 1: one).
     "densenet-bc": Case(
         DENSENET_BC, "densenet.py", "densenet_bc", {},
-        moves=["move  dense1.0/dropout  ? -> H4 before global pooling /avg_pool2d_2 as head_dropout  (DC001, p=0.2)",
+        moves=["move  dense1.0/dropout  -> H4 before global pooling /avg_pool2d_2 as head_dropout  (DC001, p=0.2)",
                *(f"remove  {site}/dropout  {at}, one dropout stays: head_dropout at H4  (DC001)" for site, at in (
                    ("dense1.1", "-"), ("dense2.0", "-"), ("dense2.1", "-"), ("dense3.0", "-"), ("dense3.1", "H2")))],
         changed=["-        if self.drop_rate > 0:",
