@@ -165,16 +165,23 @@ def _text(report: Report, verbose: bool = False) -> list[str]:
 
 
 def test_sites_that_differ_in_p_or_line_keep_their_rows() -> None:
-    sites = [_site("b0", 0.1, 10), _site("b1", 0.1, 10), _site("b2", 0.1, 10), _site("b3", 0.3, 10),
-             _site("c0", 0.1, 12)]
+    sites = [_site(f"b{i}", 0.1, 10) for i in range(4)] + [_site("b4", 0.3, 10), _site("c0", 0.1, 12)]
     report = Report(target="model.py", model="Net", dropouts=sites,
                     findings=[_finding(s.id, line=s.source.line) for s in sites])
     lines = _text(report)
     rows = [line.split()[0] for line in lines if line.startswith("  b") or line.startswith("  c")]
-    assert rows == ["b0", "b3", "c0"]
-    assert "  b0 ... b2 (x3)" in "\n".join(lines)
-    # b3 differs only in p: its finding is still the same rule on the same line, so it joins the group
+    assert rows == ["b0", "b4", "c0"]
+    assert "  b0 ... b3 (x4)  Dropout  0.1" in "\n".join(lines)
+    # b4 differs only in p: its finding is still the same rule on the same line, so it joins the group
     assert [line for line in lines if ": DC001 [error]" in line] == [
-        "model.py:10: DC001 [error] x4 b0 ... b3: e.g. b0: b0 message",
+        "model.py:10: DC001 [error] x5 b0 ... b4: e.g. b0: b0 message",
         "model.py:12: DC001 [error] c0: c0 message"]
-    assert len([line for line in _text(report, verbose=True) if ": DC001 [error]" in line]) == 5
+    assert len([line for line in _text(report, verbose=True) if ": DC001 [error]" in line]) == 6
+
+
+def test_three_alike_sites_keep_a_row_each_and_their_finding_lists_them() -> None:
+    sites = [_site(f"b{i}", 0.1, 10) for i in range(3)]
+    report = Report(target="model.py", model="Net", dropouts=sites, findings=[_finding(s.id) for s in sites])
+    lines = _text(report)
+    assert [line.split()[0] for line in lines if line.startswith("  b")] == ["b0", "b1", "b2"]
+    assert "model.py:10: DC001 [error] x3 b0, b1, b2: e.g. b0: b0 message" in lines

@@ -35,7 +35,7 @@ class FindingGroup:
 
     @property
     def fix(self) -> str:
-        """The fix advice: every finding's when they agree, else the first's (as an example)."""
+        """The fix advice (a rule's advice depends on the site kind, and so does the row: the first's)."""
         return self.first.fix
 
     @property

@@ -4,7 +4,7 @@ Piped, findings take ruff's `file:line: CODE [severity] site: message` form so e
 problem matchers can jump to them. A measured audit (`dropcheck measure`) adds a Δ column and
 each target's Δ table (text.measure). Identical findings (one rule, one source line: a block class
 instantiated eight times) print once as `CODE [severity] x8 first ... last`, and dropouts that differ
-only in their id share a table row; `verbose` prints every one on its own line (output.grouping).
+only in their id share a table row (four or more); `verbose` prints every one on its own line (output.grouping).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from .measure import delta_by_site, render_measurements
 SEVERITY_STYLE = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "blue"}
 _SITE_COLUMNS = ("id", "op", "p", "site", "paper", "verdict", "why")
 _WHY_MIN_WIDTH = 100  # terminal columns below which the site table leaves out "why"
+_FOLD_ROWS = 4  # this many alike dropouts (one source line) share a row of the site table
 _MEASURED_ROWS = 40  # a longer Δ table shows its lowest 25 rows (all of them in --format json)
 
 
@@ -97,8 +98,8 @@ def _group_message(group: FindingGroup) -> str:
 
 
 def _site_rows(report: Report, deltas: dict[str, float] | None, verbose: bool) -> list[tuple[list[Site], tuple[str, ...]]]:
-    """The site table's rows, each with its sites: dropouts alike in all but id (same op, p, site,
-    position, verdict and Δ, called on one source line) share a row unless `verbose`."""
+    """The site table's rows, each with its sites: four or more dropouts alike in all but id (same op,
+    p, site, position, verdict and Δ, called on one source line) share a row unless `verbose`."""
     rows: dict[object, tuple[list[Site], tuple[str, ...]]] = {}
     for index, site in enumerate(report.dropouts):
         row = _site_row(site, site_findings(site, report.findings), deltas)
@@ -107,12 +108,18 @@ def _site_rows(report: Report, deltas: dict[str, float] | None, verbose: bool) -
             rows[key][0].append(site)
         else:
             rows[key] = ([site], row)
-    return [(sites, _folded_row(sites, row)) for sites, row in rows.values()]
+    out: list[tuple[list[Site], tuple[str, ...]]] = []
+    for sites, row in rows.values():
+        if len(sites) >= _FOLD_ROWS:
+            out.append((sites, _folded_row(sites, row)))
+        else:  # a few alike rows read better one by one
+            out.extend(([site], _site_row(site, site_findings(site, report.findings), deltas)) for site in sites)
+    return out
 
 
 def _folded_row(sites: Sequence[Site], row: tuple[str, ...]) -> tuple[str, ...]:
-    if len(sites) == 1:
-        return row
+    """The first site's row, its id cell 'first ... last (xN)'; a why that names the site's own
+    BatchNorm is the first's, said so."""
     why = row[-1] if len({s.why for s in sites}) == 1 else f"e.g. {row[-1]}"
     return (f"{sites[0].id} ... {sites[-1].id} (x{len(sites)})", *row[1:-1], why)
 
