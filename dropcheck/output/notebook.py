@@ -153,7 +153,8 @@ def to_rich(view: View) -> Any:
 
     parts: list[Any] = [Text(view.title, style="bold")]
     for section in view.sections:
-        table = Table(*section.headers, title=section.caption or None, title_justify="left", box=box.SIMPLE_HEAD)
+        table = Table(*section.headers, title=section.caption or None, title_justify="left", box=box.SIMPLE_HEAD,
+                      min_width=len(section.caption) + 2)  # a caption wider than its table stays one line
         for row in section.rows:
             table.add_row(*(Text(cell) for cell in row))  # Text: markup in an id is not read
         parts.append(table)
