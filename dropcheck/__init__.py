@@ -3,16 +3,22 @@
 Public API: `audit(model, example_input) -> Report`, `fix(model, example_input) -> FixResult`,
 `measure(model, example_input) -> Report` (with measurements). Importing this package does not import
 torch; the pipeline is loaded on first use so the CLI's `rules` and `explain` stay fast.
+
+In a notebook the records draw themselves: a short `repr`, `_repr_html_` (tables of the verdicts, Δ,
+accuracies) and a rich renderable, registered by `output.notebook` on import; `to_dict()` and
+`to_json()` give the objects the CLI's `--format json` prints.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .records import DropcheckError, Finding, FixResult, Report, Severity, Site, SiteKind
+from .output import notebook as _notebook  # noqa: F401  registers the HTML and rich views of the records
+from .records import (Comparison, DropcheckError, Finding, FixResult, Measurement, Report, Reproduction, Severity,
+                      Site, SiteKind)
 
 from .version import __version__
-__all__ = ["audit", "fix", "measure", "Report", "FixResult", "Site", "SiteKind", "Finding", "Severity", "DropcheckError",
-           "__version__"]
+__all__ = ["audit", "fix", "measure", "Report", "FixResult", "Measurement", "Reproduction", "Comparison", "Site",
+           "SiteKind", "Finding", "Severity", "DropcheckError", "__version__"]
 
 
 def audit(model: Any, example_input: Any) -> Report:

@@ -45,7 +45,7 @@ def audit(
     no_config: Annotated[bool, typer.Option("--no-config", help="Ignore [tool.dropcheck] in pyproject.toml.")] = False,
     show_unused_ignores: Annotated[bool, typer.Option(
         "--show-unused-ignores", help="Report '# dropcheck: ignore' comments that silenced nothing.")] = False,
-    verbose: Annotated[bool, verbose_option("Show tracebacks of failed targets.")] = False,
+    verbose: Annotated[bool, verbose_option("Show tracebacks of failed targets, and every finding on its own line.")] = False,
     measure_too: Annotated[bool, typer.Option(
         "--measure", help="Also measure Δ at every BatchNorm (normal data, 4 batches of 32; see dropcheck "
                           "measure for the options).")] = False,
@@ -76,7 +76,7 @@ def audit(
     if verbose:
         print_tracebacks(reports)
     try:
-        emit(reports, fmt, output)
+        emit(reports, fmt, output, verbose)
     except DropcheckError as exc:
         fail(err, exc)
     raise typer.Exit(exit_code(reports, threshold))

@@ -44,7 +44,7 @@ def measure(
     fmt: BasicFormatOption = "text",
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", show_default=False, help="Write the report to FILE (atomically).")] = None,
-    verbose: Annotated[bool, verbose_option("Show tracebacks of failed targets.")] = False,
+    verbose: Annotated[bool, verbose_option("Show tracebacks of failed targets, and every finding on its own line.")] = False,
 ) -> None:
     """Measure Δ = Var_test / Var_train at every BatchNorm and residual merge (paper, Definition 2)."""
     err = stderr_console()
@@ -70,7 +70,7 @@ def measure(
             from ..output.figures import plot_deltas
 
             plot_deltas(reports, plot)
-        emit(reports, fmt, output)
+        emit(reports, fmt, output, verbose)
     except DropcheckError as exc:
         fail(err, exc)
     raise typer.Exit(EXIT_ERROR if any(r.status == "error" for r in reports) else EXIT_CLEAN)

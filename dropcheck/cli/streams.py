@@ -30,12 +30,13 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
 
 
-def emit(reports: list[Report], fmt: str, output: Path | None) -> None:
-    """The audit or measure report in `fmt`: to stdout, or to the file `output` (atomically, no colour)."""
+def emit(reports: list[Report], fmt: str, output: Path | None, verbose: bool = False) -> None:
+    """The audit or measure report in `fmt`: to stdout, or to the file `output` (atomically, no colour).
+    `verbose`: every finding on its own line (else identical ones are folded)."""
     rules = load_rules() if fmt == "sarif" else None  # SARIF lists the catalogue
     if output is None:
-        render_audit(reports, fmt, Console(), rules)
+        render_audit(reports, fmt, Console(), rules, verbose)
         return
     buffer = io.StringIO()
-    render_audit(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100), rules)
+    render_audit(reports, fmt, Console(file=buffer, force_terminal=False, no_color=True, width=100), rules, verbose)
     write_atomic(output, buffer.getvalue())

@@ -28,9 +28,10 @@ BASIC_FORMATS = ("text", "json")  # fix, rules, reproduce, recalibrate
 
 
 def render_audit(reports: Sequence[Report], fmt: str, console: Console,
-                 rules: Sequence[Rule] | None = None) -> None:
+                 rules: Sequence[Rule] | None = None, verbose: bool = False) -> None:
     """Write the audit of every target to `console` in format `fmt` (one of FORMATS). SARIF lists
-    the rule catalogue: pass it as `rules` (the CLI passes `load_rules()`)."""
+    the rule catalogue: pass it as `rules` (the CLI passes `load_rules()`). Text, GitHub and Markdown
+    fold identical findings (one rule on one source line) unless `verbose`; JSON and SARIF never do."""
     if fmt == "json":
         write_json(console, audit_document(reports))
     elif fmt == "sarif":
@@ -38,11 +39,11 @@ def render_audit(reports: Sequence[Report], fmt: str, console: Console,
             raise ValueError("render_audit: SARIF needs the rule catalogue as `rules`")
         write_json(console, to_sarif(reports, rules))
     elif fmt == "github":
-        write_plain(console, to_github(reports))
+        write_plain(console, to_github(reports, verbose))
     elif fmt == "markdown":
-        write_plain(console, to_markdown(reports))
+        write_plain(console, to_markdown(reports, verbose))
     elif fmt == "text":
-        render_audit_text(reports, console)
+        render_audit_text(reports, console, verbose)
     else:
         raise _unknown_format(fmt, FORMATS)
 

@@ -1,4 +1,5 @@
-"""GitHub Actions workflow commands: one `::error|warning|notice` annotation per finding.
+"""GitHub Actions workflow commands: one `::error|warning|notice` annotation per finding, identical
+findings (one rule on one source line) folded into one annotation with their count and every id.
 
 A failed target becomes one `::error` line. Paths are written as the audit recorded them,
 relative to the working directory, so a job run from the repository root annotates the right
@@ -10,28 +11,34 @@ import os
 from collections.abc import Sequence
 
 from ..records import Report, Severity
+from .grouping import FindingGroup, group_findings
 from .locations import finding_location
 from .summary import error_line
 
 _GITHUB_COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
-def to_github(reports: Sequence[Report]) -> str:
-    """One `::error|warning|notice file=...,line=...,title=...::message` line per finding."""
+def to_github(reports: Sequence[Report], verbose: bool = False) -> str:
+    """One `::error|warning|notice file=...,line=...,title=...::message` line per finding, or per
+    group of identical findings (each on its own with `verbose`)."""
     lines: list[str] = []
     for report in reports:
         if report.status == "error":
             lines.append(_github_command("error", {"title": "dropcheck"}, error_line(report)))
             continue
-        for finding in report.findings:
+        groups = [FindingGroup((f,)) for f in report.findings] if verbose else group_findings(report.findings)
+        for group in groups:
+            finding = group.first
             properties: dict[str, str] = {}
             location = finding_location(finding, report)
             if location is not None:
                 properties["file"] = location.file.replace(os.sep, "/")
                 if location.line >= 1:
                     properties["line"] = str(location.line)
-            properties["title"] = f"{finding.rule} {finding.name}"
+            properties["title"] = f"{finding.rule} {finding.name}" + (f" (x{group.count})" if group.count > 1 else "")
             message = f"{finding.dropout}: {finding.message}"
+            if group.count > 1:  # an annotation has room for every id; the message is the first's
+                message = f"{group.count} dropouts on this line: {', '.join(group.ids)}\ne.g. {message}"
             if location is None:
                 message = f"{report.target}: {message}"
             if finding.fix:

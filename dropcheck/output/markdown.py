@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..records import Report, Rule
+from .grouping import FindingGroup, group_findings
 from .locations import finding_location
 from .summary import summary_line
 
 
-def to_markdown(reports: Sequence[Report]) -> str:
-    """A job summary or PR comment: per target a table of findings, then the summary line."""
+def to_markdown(reports: Sequence[Report], verbose: bool = False) -> str:
+    """A job summary or PR comment: per target a table of findings (identical ones, one rule on one
+    source line, share a row listing every id, unless `verbose`), then the summary line."""
     lines = ["## dropcheck audit", ""]
     for report in reports:
         if report.status == "error":
@@ -24,12 +26,16 @@ def to_markdown(reports: Sequence[Report]) -> str:
         if not report.findings:
             continue
         lines += ["| rule | severity | dropout | location | message |", "| --- | --- | --- | --- | --- |"]
-        for finding in report.findings:
+        groups = [FindingGroup((f,)) for f in report.findings] if verbose else group_findings(report.findings)
+        for group in groups:
+            finding = group.first
             location = finding_location(finding, report)
             where = _code(str(location) if location and location.line >= 1 else (location.file if location else "-"))
-            message = finding.message + (f"\nfix: {finding.fix}" if finding.fix else "")
-            lines.append("| " + " | ".join([f"{finding.rule} {finding.name}", finding.severity.value,
-                                             _code(finding.dropout), where, _cell(message)]) + " |")
+            message = finding.message if group.count == 1 else f"e.g. {finding.dropout}: {finding.message}"
+            message += f"\nfix: {finding.fix}" if finding.fix else ""
+            rule = f"{finding.rule} {finding.name}" + (f" (x{group.count})" if group.count > 1 else "")
+            dropouts = "<br>".join(_code(i) for i in group.ids)
+            lines.append("| " + " | ".join([rule, finding.severity.value, dropouts, where, _cell(message)]) + " |")
         lines.append("")
     failed = [report for report in reports if report.status == "error"]
     if failed:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
+from .display import Displayed, shorten
+
 
 class StrEnum(str, Enum):
     """`enum.StrEnum` for Python 3.10 too."""
@@ -280,9 +282,10 @@ class CaptureInfo:
         }
 
 
-@dataclass
-class Report:
-    """The audit of one target: the `results[i]` object of JSON schema 1."""
+@dataclass(repr=False)
+class Report(Displayed):
+    """The audit of one target: the `results[i]` object of JSON schema 1. `to_json()` equals that
+    object of `dropcheck audit --format json` (of `dropcheck measure --format json` when measured)."""
 
     target: str
     status: str = "ok"  # "ok" or "error"
@@ -326,6 +329,29 @@ class Report:
         """The highest severity among the findings, None when there are none."""
         ranked = sorted((f.severity for f in self.findings), key=lambda s: s.rank)
         return ranked[-1] if ranked else None
+
+    def rule_counts(self) -> dict[str, int]:
+        """Findings per rule code, in the order the codes first appear."""
+        counts: dict[str, int] = {}
+        for finding in self.findings:
+            counts[finding.rule] = counts.get(finding.rule, 0) + 1
+        return counts
+
+    def headline(self) -> str:
+        """One line: 'model.py: ResNet, 9 dropouts, 9 findings (DC001 x8, DC002 x1), worst error'."""
+        target = shorten(self.target, 60)
+        if self.status == "error":
+            error = self.error
+            what = f"error ({error.kind}): {shorten(error.message, 80)}" if error else "error"
+            return f"{target}: {what}"
+        rules = ", ".join(f"{code} x{n}" for code, n in self.rule_counts().items())
+        count = len(self.findings)
+        line = (f"{target}: {self.model or '?'}, {len(self.dropouts)} dropout{'' if len(self.dropouts) == 1 else 's'}, "
+                f"{count} finding{'' if count == 1 else 's'}" + (f" ({rules})" if rules else ""))
+        line += f", worst {self.worst.value}" if self.worst else ""
+        if self.measurements:
+            line += f", Δ measured at {len(self.measurements)} (lowest {min(m.delta_mean for m in self.measurements):.3f})"
+        return line
 
 
 @dataclass

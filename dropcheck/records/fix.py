@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .display import Displayed, shorten
+
 
 @dataclass(frozen=True)
 class Change:
@@ -83,9 +85,10 @@ class SourceFix:
                 "notes": [n.to_dict() for n in self.notes], "key_map": dict(self.key_map), "checkpoint": converted}
 
 
-@dataclass
-class FixResult:
-    """The fixed model, what changed, and the checks it passed (fix -> report, export, train)."""
+@dataclass(repr=False)
+class FixResult(Displayed):
+    """The fixed model, what changed, and the checks it passed (fix -> report, export, train).
+    `to_json()` equals the "fix" object of `dropcheck fix --format json`."""
 
     target: str
     model: Any  # FixedModel
@@ -174,6 +177,18 @@ class FixResult:
             return type(self.model.get_submodule(qualname)).__name__
         except (AttributeError, TypeError):
             return "Dropout"
+
+    def headline(self) -> str:
+        """One line: 'model.py: ok, 9 changes (move 9), 6/6 checks passed'."""
+        actions: dict[str, int] = {}
+        for change in self.changes:
+            actions[change.action] = actions.get(change.action, 0) + 1
+        kinds = ", ".join(f"{action} {n}" for action, n in actions.items())
+        passed = sum(c.ok for c in self.checks)
+        line = (f"{shorten(self.target, 60)}: {'ok' if self.ok else 'NOT ok'}, {len(self.changes)} "
+                f"change{'' if len(self.changes) == 1 else 's'}" + (f" ({kinds})" if kinds else "")
+                + f", {passed}/{len(self.checks)} checks passed")
+        return line + (f", {len(self.unfixable)} unfixable" if self.unfixable else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {

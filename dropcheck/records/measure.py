@@ -4,15 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .display import Displayed
+
 # The paper writes p for the probability a unit is KEPT (Definition 1); PyTorch's nn.Dropout(p) and the rest
 # of dropcheck take the probability it is DROPPED. Every table and figure of `reproduce` names which one it means.
 KEEP_PROBABILITY = "keep probability (the paper's p)"
 DROP_PROBABILITY = "drop probability (nn.Dropout's p)"
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """Δ at one BatchNorm input or residual-merge output (measure -> report)."""
+@dataclass(frozen=True, repr=False)
+class Measurement(Displayed):
+    """Δ at one BatchNorm input or residual-merge output (measure -> report). `to_json()` equals one
+    entry of a result's "measurements" in `dropcheck measure --format json`."""
 
     node: str
     module: str | None  # None for functional BatchNorm and merges
@@ -23,6 +26,11 @@ class Measurement:
     reached_by: tuple[str, ...]
     flagged: bool  # on a DC001 dropout's path before its next residual merge
     flagged_by: tuple[str, ...] = ()  # those dropouts (site ids)
+
+    def headline(self) -> str:
+        """One line: 'layer1.0.bn2 (batchnorm): Δ mean 0.9123, min 0.8512, flagged by layer1.0.drop'."""
+        line = f"{self.module or self.node} ({self.kind}): Δ mean {self.delta_mean:.4f}, min {self.delta_min:.4f}"
+        return line + (f", flagged by {', '.join(self.flagged_by) or 'DC001'}" if self.flagged else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "module": self.module, "kind": self.kind, "delta_mean": self.delta_mean,
@@ -47,9 +55,10 @@ class ClosedCurve:
                 "xs": list(self.xs), "ys": list(self.ys)}
 
 
-@dataclass(frozen=True)
-class Reproduction:
-    """One figure's rows: measured values, closed forms, and whether the paper's ordering holds."""
+@dataclass(frozen=True, repr=False)
+class Reproduction(Displayed):
+    """One figure's rows: measured values, closed forms, and whether the paper's ordering holds.
+    `to_json()` equals the "reproduce" object of `dropcheck reproduce --format json`."""
 
     figure: str
     title: str
@@ -73,6 +82,11 @@ class Reproduction:
     def max_rel_error(self) -> float:
         """Largest |measured / closed form - 1| over every row and pair."""
         return max((abs(row[m] / row[c] - 1.0) for row in self.rows for m, c in self.closed_pairs), default=0.0)
+
+    def headline(self) -> str:
+        """One line: 'fig3: claim holds in 5/5 rows, max relative error 0.8%'."""
+        return (f"{self.figure}: claim holds in {self.held}/{self.tested} rows, max relative error "
+                f"{self.max_rel_error:.1%}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"figure": self.figure, "title": self.title, "setup": self.setup, "claim": self.claim,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .display import Displayed, shorten
 from .statistics import PairedDifference, Summary, paired_difference, summarize
 
 
@@ -39,9 +40,10 @@ class RunResult:
         return cls(**{**d, "epochs": tuple(dict(e) for e in d["epochs"])})
 
 
-@dataclass
-class Comparison:
-    """Every run of a train-compare, with what is needed to judge and to resume it."""
+@dataclass(repr=False)
+class Comparison(Displayed):
+    """Every run of a train-compare, with what is needed to judge and to resume it. `to_json()` equals
+    the "train_compare" object of `dropcheck train-compare --format json` (and of its results file)."""
 
     target: str
     settings: dict[str, Any]  # dataset, recipe, seeds, device, threads, world_size, input_shape, model_args
@@ -99,6 +101,14 @@ class Comparison:
                 "runs_done": len(self.runs), "runs_total": self.total_runs,
                 "summary": rows, "runs": [r.to_dict() for r in self.runs], "notes": list(self.notes),
                 "markdown": self.markdown()}
+
+    def headline(self) -> str:
+        """One line: 'model.py: 2 variants x 3 seeds, 6/6 runs; fixed vs original +1.23 (better)'."""
+        line = (f"{shorten(self.target, 60)}: {len(self.variants)} variants x {len(self.seeds)} seeds, "
+                f"{len(self.runs)}/{self.total_runs} runs")
+        diffs = [(name, self.difference(name)) for name in self.variant_names if name != self.baseline]
+        said = [f"{name} vs {self.baseline} {d.mean:+.2f} ({d.verdict})" for name, d in diffs if d is not None]
+        return line + ("; " + "; ".join(said[:2]) if said else "") + (f"; +{len(said) - 2} more" if len(said) > 2 else "")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:
