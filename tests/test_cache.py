@@ -296,3 +296,28 @@ def test_concurrent_writers_leave_whole_entries_only(tmp_path: Path) -> None:
         assert writer.exitcode == 0
     assert cache.lookup(key) is not None and seen <= {"net0.py", "net1.py", "net2.py"}
     assert not [p for p in (tmp_path / CACHE_DIR_NAME / "audit").iterdir() if p.suffix != ".json"]
+
+
+@pytest.mark.parametrize("spec, args", [("examples/preresnet.py", {"position": "P3", "head_position": "H5"}),
+                                        ("examples/functional_bug.py", {}), ("examples/transformer.py", {}),
+                                        ("examples/mobilenet_head.py", {})])
+def test_a_cached_report_renders_as_the_fresh_one_in_every_format(spec: str, args: dict[str, Any]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from dropcheck.analysis.catalog import load_rules
+    from dropcheck.analysis.pipeline import audit_target
+    from dropcheck.output.formats import FORMATS, render_audit
+
+    fresh = audit_target(str(ROOT / spec), args)
+    assert fresh.status == "ok" and fresh.dropouts
+    fresh.seconds = round(fresh.seconds, 3)  # as the CLI keeps it
+    cached = report_from_dict(json.loads(json.dumps(fresh.to_dict())))
+    for fmt in FORMATS:
+        out = []
+        for report in (fresh, cached):
+            buffer = io.StringIO()
+            render_audit([report], fmt, Console(file=buffer, width=100, no_color=True), load_rules())
+            out.append(buffer.getvalue())
+        assert out[0] == out[1], fmt

@@ -11,13 +11,17 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import sysconfig
 import types
 from collections.abc import Iterator
 
+from ..analysis.load import USER_MODULE_PREFIX
 from ..fixer.carry import is_user_module, user_sources
 from .store import file_digest
 
 _ZOO = ("torchvision:", "timm:")
+_LIBRARY = tuple({os.path.realpath(path) + os.sep for key, path in sysconfig.get_paths().items()
+                  if key in ("stdlib", "platstdlib", "purelib", "platlib")})  # as carry.is_user_module has them
 
 
 def target_dependencies(spec: str, before: set[str]) -> dict[str, str] | None:
@@ -27,7 +31,7 @@ def target_dependencies(spec: str, before: set[str]) -> dict[str, str] | None:
     if spec.startswith(_ZOO):
         return {}
     file, module_name = _spec_parts(spec)
-    roots = [sys.modules[n] for n in set(sys.modules) - before if n in sys.modules]
+    roots = [m for m in (sys.modules.get(n) for n in set(sys.modules) - before) if m is not None and _maybe_user(m)]
     files: set[str] = set()
     if file is not None:
         files.add(os.path.realpath(file))
@@ -41,6 +45,14 @@ def target_dependencies(spec: str, before: set[str]) -> dict[str, str] | None:
     if any(d is None for d in digests.values()):
         return None
     return digests  # type: ignore[return-value]
+
+
+def _maybe_user(module: types.ModuleType) -> bool:
+    """A cheap first filter, never stricter than carry's exact test (which reads sysconfig on every
+    call): the modules torch imports during a first audit are thousands, all installed code."""
+    file = getattr(module, "__file__", None) or ""
+    return module.__name__.startswith(USER_MODULE_PREFIX) or (
+        file.endswith(".py") and not os.path.realpath(file).startswith(_LIBRARY))
 
 
 def _spec_parts(spec: str) -> tuple[str | None, str]:
