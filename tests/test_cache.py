@@ -321,3 +321,20 @@ def test_a_cached_report_renders_as_the_fresh_one_in_every_format(spec: str, arg
             render_audit([report], fmt, Console(file=buffer, width=100, no_color=True), load_rules())
             out.append(buffer.getvalue())
         assert out[0] == out[1], fmt
+
+
+def test_a_data_file_the_model_reads_is_a_dependency(project: Path) -> None:
+    (project / "arch.json").write_text('{"p": 0.25}\n', encoding="utf-8")
+    _edit(project / "model.py", "    def __init__(self, width=8, p=DROP_P):\n        super().__init__()\n",
+          "    def __init__(self, width=8, p=None):\n        super().__init__()\n"
+          "        with open(Path(__file__).with_name('arch.json')) as handle:\n"
+          "            p = p or json.load(handle)['p']\n")
+    _edit(project / "model.py", "import torch\n", "import json\nfrom pathlib import Path\n\nimport torch\n")
+    cold = _run(project, "audit")
+    assert cold.code == 1 and "Dropout(p=0.25)" in cold.stdout, cold.stderr
+    deps = json.loads(_entries(project)[0].read_text(encoding="utf-8"))["deps"]
+    assert sorted(Path(f).name for f in deps) == ["arch.json", "blocks.py", "model.py", "settings.py"]
+    assert not _run(project, "audit").torch
+    (project / "arch.json").write_text('{"p": 0.35}\n', encoding="utf-8")
+    edited = _run(project, "audit")
+    assert edited.torch and "Dropout(p=0.35)" in edited.stdout

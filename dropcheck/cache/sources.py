@@ -13,7 +13,7 @@ import os
 import sys
 import sysconfig
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..analysis.load import USER_MODULE_PREFIX
 from ..fixer.carry import is_user_module, user_sources
@@ -24,12 +24,13 @@ _LIBRARY = tuple({os.path.realpath(path) + os.sep for key, path in sysconfig.get
                   if key in ("stdlib", "platstdlib", "purelib", "platlib")})  # as carry.is_user_module has them
 
 
-def target_dependencies(spec: str, before: set[str]) -> dict[str, str] | None:
+def target_dependencies(spec: str, before: set[str], read: Iterable[str] = ()) -> dict[str, str] | None:
     """Real path -> sha256 of every project file the target `spec` depends on; `before` is
-    sys.modules' names before its audit. {} for a zoo model (its library's version is in the key);
-    None when it cannot be cached: a module target from installed code, or a file gone meanwhile."""
+    sys.modules' names before its audit, `read` the project files its audit opened (cache.reads).
+    For a zoo model, the files read only (its library's version is in the key). None when it cannot
+    be cached: a module target from installed code, or a file gone meanwhile."""
     if spec.startswith(_ZOO):
-        return {}
+        return _digests(set(read))
     file, module_name = _spec_parts(spec)
     roots = [m for m in (sys.modules.get(n) for n in set(sys.modules) - before) if m is not None and _maybe_user(m)]
     files: set[str] = set()
@@ -41,6 +42,10 @@ def target_dependencies(spec: str, before: set[str]) -> dict[str, str] | None:
             return None
         roots.append(root)
     files.update(_closure([m for m in roots if is_user_module(m)]))
+    return _digests(files | set(read))
+
+
+def _digests(files: set[str]) -> dict[str, str] | None:
     digests = {path: file_digest(path) for path in sorted(files)}
     if any(d is None for d in digests.values()):
         return None

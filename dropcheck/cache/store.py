@@ -69,6 +69,7 @@ class AuditCache:
     """The cache of one project folder."""
 
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.folder = root / CACHE_DIR_NAME
         self.entries = self.folder / "audit"
 

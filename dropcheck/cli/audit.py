@@ -1,6 +1,7 @@
 """`dropcheck audit`: where each target's dropout disturbs BatchNorm, and the CI exit code."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,23 +114,26 @@ def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console,
     todo = [index for index, report in enumerate(reports) if report is None]
     if todo:
         from ..analysis.pipeline import audit_target  # torch and the analysis load here, never for --help
+        from ..cache.reads import recording
 
         with exit_on_interrupt(err), audit_progress(err, len(todo)) as progress, stdout_to_stderr():
             for count, index in enumerate(todo, 1):
                 job = jobs[index]
                 progress(job.spec, count)
                 before = set(sys.modules)
-                report = audit_target(job.spec, job.model_args, job.input_shape, enabled)
+                with recording(cache.root, cache.folder) if cache else contextlib.nullcontext(set()) as read:
+                    report = audit_target(job.spec, job.model_args, job.input_shape, enabled)
                 report.seconds = round(report.seconds, 3)  # as the JSON and a cached answer give it
                 if cache is not None and keys[index] is not None and report.status == "ok":
-                    _keep(cache, keys[index], job.spec, before, report)
+                    _keep(cache, keys[index], job.spec, before, read, report)
                 reports[index] = report
     return [report for report in reports if report is not None]
 
 
-def _keep(cache: AuditCache, key: dict[str, Any], spec: str, before: set[str], report: Report) -> None:
+def _keep(cache: AuditCache, key: dict[str, Any], spec: str, before: set[str], read: set[str],
+          report: Report) -> None:
     from ..cache.sources import target_dependencies
 
-    deps = target_dependencies(spec, before)
+    deps = target_dependencies(spec, before, read)
     if deps is not None:
         cache.store(key, deps, report)
