@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,35 @@ def test_a_data_file_the_model_reads_is_a_dependency(project: Path) -> None:
     (project / "arch.json").write_text('{"p": 0.35}\n', encoding="utf-8")
     edited = _run(project, "audit")
     assert edited.torch and "Dropout(p=0.35)" in edited.stdout
+
+
+def test_a_file_changed_while_its_target_was_audited_is_not_cached(tmp_path: Path) -> None:
+    from dropcheck.cache.sources import target_dependencies
+
+    data = tmp_path / "arch.json"
+    data.write_text("{}\n", encoding="utf-8")
+    os.utime(data, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
+    started = time.time_ns()
+    assert target_dependencies("timm:resnet18", set(), [str(data)], started) is not None
+    data.write_text('{"p": 0.3}\n', encoding="utf-8")  # edited during the audit: its digest is not what was audited
+    assert target_dependencies("timm:resnet18", set(), [str(data)], started) is None
+
+
+def test_a_package_module_target_depends_on_the_package_modules_it_imports(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "nets").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[tool.dropcheck]\ntargets = ["nets.model:Net"]\n', encoding="utf-8")
+    (root / "nets" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "nets" / "blocks.py").write_text(BLOCKS, encoding="utf-8")
+    (root / "nets" / "model.py").write_text(
+        MODEL.replace("from blocks import conv_block\nfrom settings import DROP_P\n",
+                      "from .blocks import conv_block\n\nDROP_P = 0.2\n"), encoding="utf-8")
+    cold = _run(root, "audit")
+    assert cold.code == 1 and "Dropout(p=0.2)" in cold.stdout, cold.stderr
+    deps = json.loads(_entries(root)[0].read_text(encoding="utf-8"))["deps"]
+    assert sorted(Path(f).relative_to(root.resolve()).as_posix() for f in deps) == [
+        "nets/__init__.py", "nets/blocks.py", "nets/model.py"]
+    assert not _run(root, "audit").torch
+    _edit(root / "nets" / "blocks.py", "nn.Dropout(p)", "nn.Dropout(p / 2)")
+    edited = _run(root, "audit")
+    assert edited.torch and "Dropout(p=0.1)" in edited.stdout

@@ -24,13 +24,16 @@ _LIBRARY = tuple({os.path.realpath(path) + os.sep for key, path in sysconfig.get
                   if key in ("stdlib", "platstdlib", "purelib", "platlib")})  # as carry.is_user_module has them
 
 
-def target_dependencies(spec: str, before: set[str], read: Iterable[str] = ()) -> dict[str, str] | None:
+def target_dependencies(spec: str, before: set[str], read: Iterable[str] = (),
+                        started_ns: int = 0) -> dict[str, str] | None:
     """Real path -> sha256 of every project file the target `spec` depends on; `before` is
-    sys.modules' names before its audit, `read` the project files its audit opened (cache.reads).
-    For a zoo model, the files read only (its library's version is in the key). None when it cannot
-    be cached: a module target from installed code, or a file gone meanwhile."""
+    sys.modules' names before its audit, `read` the project files its audit opened (cache.reads),
+    `started_ns` when the audit started (time.time_ns()). For a zoo model, the files read only (its
+    library's version is in the key). None when it cannot be cached: a module target from installed
+    code, a file gone meanwhile or changed since the audit started (the digest would not be of
+    what was audited)."""
     if spec.startswith(_ZOO):
-        return _digests(set(read))
+        return _digests(set(read), started_ns)
     file, module_name = _spec_parts(spec)
     roots = [m for m in (sys.modules.get(n) for n in set(sys.modules) - before) if m is not None and _maybe_user(m)]
     files: set[str] = set()
@@ -42,10 +45,15 @@ def target_dependencies(spec: str, before: set[str], read: Iterable[str] = ()) -
             return None
         roots.append(root)
     files.update(_closure([m for m in roots if is_user_module(m)]))
-    return _digests(files | set(read))
+    return _digests(files | set(read), started_ns)
 
 
-def _digests(files: set[str]) -> dict[str, str] | None:
+def _digests(files: set[str], started_ns: int) -> dict[str, str] | None:
+    try:
+        if any(os.stat(path).st_mtime_ns >= started_ns for path in files):
+            return None
+    except OSError:
+        return None
     digests = {path: file_digest(path) for path in sorted(files)}
     if any(d is None for d in digests.values()):
         return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,20 +121,22 @@ def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console,
             for count, index in enumerate(todo, 1):
                 job = jobs[index]
                 progress(job.spec, count)
-                before = set(sys.modules)
+                before, started = set(sys.modules), time.time_ns()
                 with recording(cache.root, cache.folder) if cache else contextlib.nullcontext(set()) as read:
                     report = audit_target(job.spec, job.model_args, job.input_shape, enabled)
                 report.seconds = round(report.seconds, 3)  # as the JSON and a cached answer give it
                 if cache is not None and keys[index] is not None and report.status == "ok":
-                    _keep(cache, keys[index], job.spec, before, read, report)
+                    _keep(cache, keys[index], job.spec, (before, read, started), report)
                 reports[index] = report
     return [report for report in reports if report is not None]
 
 
-def _keep(cache: AuditCache, key: dict[str, Any], spec: str, before: set[str], read: set[str],
+def _keep(cache: AuditCache, key: dict[str, Any], spec: str, seen: tuple[set[str], set[str], int],
           report: Report) -> None:
+    """Store a fresh ok report with what it depends on: `seen` is (sys.modules' names before its
+    audit, the project files it read, when it started)."""
     from ..cache.sources import target_dependencies
 
-    deps = target_dependencies(spec, before, read)
+    deps = target_dependencies(spec, *seen)
     if deps is not None:
         cache.store(key, deps, report)
