@@ -371,3 +371,15 @@ def test_a_package_module_target_depends_on_the_package_modules_it_imports(tmp_p
     _edit(root / "nets" / "blocks.py", "nn.Dropout(p)", "nn.Dropout(p / 2)")
     edited = _run(root, "audit")
     assert edited.torch and "Dropout(p=0.1)" in edited.stdout
+
+
+def test_the_same_file_configured_twice_records_its_imports_for_both_entries(project: Path) -> None:
+    (project / "pyproject.toml").write_text(
+        '[tool.dropcheck]\ntargets = ["model.py", {target = "model.py", model-args = {p = 0.3}}]\n', encoding="utf-8")
+    cold = _run(project, "audit")
+    assert cold.code == 1 and "Dropout(p=0.3)" in cold.stdout, cold.stderr
+    entries = _entries(project)
+    assert len(entries) == 2
+    for entry in entries:  # the second audit imports nothing new: its module came from the first
+        deps = json.loads(entry.read_text(encoding="utf-8"))["deps"]
+        assert sorted(Path(f).name for f in deps) == ["blocks.py", "model.py", "settings.py"]

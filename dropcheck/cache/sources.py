@@ -39,6 +39,9 @@ def target_dependencies(spec: str, before: set[str], read: Iterable[str] = (),
     files: set[str] = set()
     if file is not None:
         files.add(os.path.realpath(file))
+        # audited before in this run (the same file with other arguments): its module is not new
+        roots.extend(m for name, m in list(sys.modules.items()) if name.startswith(USER_MODULE_PREFIX)
+                     and os.path.realpath(getattr(m, "__file__", None) or "") == os.path.realpath(file))
     else:
         root = sys.modules.get(module_name)
         if root is None or not is_user_module(root):
