@@ -196,13 +196,14 @@ def test_no_cache_neither_reads_nor_writes_and_cache_clear_empties_it(project: P
     assert cleared.code == 0 and not cleared.torch and "(1 entry)" in cleared.stderr
     assert not (project / CACHE_DIR_NAME).exists()
     assert "no cache at" in _run(project, "cache", "clear").stderr
-    assert _run(project, "audit").torch
 
 
 def test_the_cache_folder_keeps_itself_out_of_git(project: Path) -> None:
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True, timeout=60)
-    assert _run(project, "audit").code == 1
+    cache = AuditCache(project)
+    cache.store(cache.key("model.py", {}, None, frozenset()), {}, _report())
+    assert _entries(project)
     status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=all"], cwd=project, check=True,
                             capture_output=True, text=True, timeout=60).stdout
     assert "model.py" in status and CACHE_DIR_NAME not in status
