@@ -24,8 +24,7 @@ _LIBRARY = tuple({os.path.realpath(path) + os.sep for key, path in sysconfig.get
                   if key in ("stdlib", "platstdlib", "purelib", "platlib")})  # as carry.is_user_module has them
 
 
-def target_dependencies(spec: str, before: set[str], read: Iterable[str] = (),
-                        started_ns: int = 0) -> dict[str, str] | None:
+def target_dependencies(spec: str, before: set[str], read: Iterable[str], started_ns: int) -> dict[str, str] | None:
     """Real path -> sha256 of every project file the target `spec` depends on; `before` is
     sys.modules' names before its audit, `read` the project files its audit opened (cache.reads),
     `started_ns` when the audit started (time.time_ns()). For a zoo model, the files read only (its
