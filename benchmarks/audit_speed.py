@@ -147,7 +147,7 @@ def cli_works() -> bool:
 
 def audit_argv(spec: str, use_cli: bool) -> list[str]:
     if use_cli:
-        return [PY, "-m", "dropcheck", "audit", spec, "--format", "json"]
+        return [PY, "-m", "dropcheck", "audit", spec, "--format", "json", "--no-cache"]  # a fresh audit each run
     return [PY, "-c", API_SRC, spec]
 
 

@@ -112,7 +112,7 @@ def phases_child(path: str) -> None:
 # --- wall times (parent) -------------------------------------------------------------------------
 
 def audit_argv(path: str) -> list[str]:
-    return [PY, "-m", "dropcheck", "audit", path, "--format", "json"]
+    return [PY, "-m", "dropcheck", "audit", path, "--format", "json", "--no-cache"]  # a fresh audit each run
 
 
 def fix_argv(path: str) -> list[str]:

@@ -1,17 +1,21 @@
-"""The pre-commit hook in .pre-commit-hooks.yaml, run on a small project with a bad model.
+"""The pre-commit hooks in .pre-commit-hooks.yaml, run on a small project with a bad model.
 
 The fast tests run the hook's own `entry` (with `python -m dropcheck` for `dropcheck`) in
 a temporary project whose pyproject.toml lists the model in [tool.dropcheck]: it must fail
 on the bad model and pass once the bad line is corrected, or once `dropcheck fix` output
-replaces the model. The slow test installs the hook as pre-commit does (`pre-commit
-try-repo`, which builds a fresh virtualenv and pip-installs this repository into it); it
-runs only with DROPCHECK_PRECOMMIT_TEST=1 (it needs git, and PyPI for the build backend).
-To keep it from downloading torch, PYTHONPATH shows the hook's virtualenv the packages of
-the environment running the tests, so pip finds the dependencies already installed.
+replaces the model. The real test runs the `dropcheck-system` hook through pre-commit itself
+(`pre-commit try-repo`, offline: a `language: system` hook needs no environment of its own,
+and `dropcheck` on PATH is this checkout): it fails the bad commit, is skipped when only
+README.md changed, answers a second run from the cache without importing torch, and passes
+once the model is corrected. The `language: python` hook's test builds a virtualenv and
+pip-installs this repository into it, which needs PyPI for the build backend: it runs only with
+DROPCHECK_PRECOMMIT_TEST=1. To keep it from downloading torch, PYTHONPATH shows the hook's
+virtualenv the packages of the environment running the tests, so pip finds them installed.
 """
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,14 +35,19 @@ TIMEOUT = 300
 CONFIG = '[tool.dropcheck]\ntargets = ["model.py"]\n'
 
 
-def _hook() -> dict[str, Any]:
-    [hook] = [h for h in yaml.safe_load(HOOKS.read_text(encoding="utf-8")) if h["id"] == "dropcheck"]
-    return hook
+def _hooks() -> dict[str, dict[str, Any]]:
+    return {h["id"]: h for h in yaml.safe_load(HOOKS.read_text(encoding="utf-8"))}
+
+
+def _hook(hook_id: str = "dropcheck") -> dict[str, Any]:
+    return _hooks()[hook_id]
 
 
 def _env() -> dict[str, str]:
-    # the checkout first, so the subprocess imports this dropcheck even if another is installed
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # the checkout first, so the subprocess imports this dropcheck even if another is installed;
+    # the cache on, as a user has it (the suite turns it off)
+    env = {k: v for k, v in os.environ.items() if k != "DROPCHECK_NO_CACHE"}
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture
@@ -56,11 +65,8 @@ def _run_hook(project: Path) -> subprocess.CompletedProcess[str]:
     hook = _hook()
     argv = shlex.split(hook["entry"]) + list(hook.get("args", []))
     assert argv[0] == "dropcheck"
-    result = subprocess.run([sys.executable, "-m", "dropcheck", *argv[1:]], cwd=project, env=_env(),
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    if result.returncode == 2 and "no targets given" in result.stderr:
-        pytest.xfail("[tool.dropcheck] targets are not read yet (config support in progress)")
-    return result
+    return subprocess.run([sys.executable, "-m", "dropcheck", *argv[1:]], cwd=project, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def _bad_line(model: Path) -> int:
@@ -68,12 +74,19 @@ def _bad_line(model: Path) -> int:
     return next(i for i, line in enumerate(lines, 1) if line.strip() == "out = self.drop(out)")
 
 
-def test_hook_definition_audits_the_configured_targets_on_every_commit() -> None:
-    hook = _hook()
-    assert hook["entry"] == "dropcheck audit"
-    assert hook["language"] == "python"
-    assert hook["pass_filenames"] is False and hook["always_run"] is True and hook["require_serial"] is True
-    assert hook["name"] and hook["description"]
+def test_hooks_audit_the_configured_targets_when_python_files_or_the_config_change() -> None:
+    hooks = _hooks()
+    assert {hook_id: hook["language"] for hook_id, hook in hooks.items()} == {
+        "dropcheck": "python", "dropcheck-system": "system"}
+    for hook in hooks.values():
+        assert hook["entry"] == "dropcheck audit" and hook["name"] and hook["description"]
+        assert hook["pass_filenames"] is False and hook["require_serial"] is True
+        assert not hook.get("always_run", False)
+        files = re.compile(hook["files"])  # pre-commit matches it with re.search on the repository path
+        for path in ("model.py", "models/resnet.py", "pyproject.toml", "sub/pyproject.toml"):
+            assert files.search(path), path
+        for path in ("README.md", "setup.cfg", "pyproject.toml.bak", "model.pyc", "my_pyproject.toml", "data.pt"):
+            assert not files.search(path), path
 
 
 def test_hook_fails_on_a_bad_model_and_passes_once_corrected_or_fixed(project: Path) -> None:
@@ -121,36 +134,89 @@ def _snapshot_of_this_repository(dest: Path) -> Path:
     return dest
 
 
-def _try_repo(repo: Path, project: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    site = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
-    # pip in the hook's venv sees the test environment's torch, typer and rich on PYTHONPATH as
-    # installed, so it installs dropcheck alone and the hook imports the rest from there
-    env = {**os.environ, "PRE_COMMIT_HOME": str(home), "PRE_COMMIT_COLOR": "never", "PYTHONPATH": site}
-    return subprocess.run([sys.executable, "-m", "pre_commit", "try-repo", str(repo), "dropcheck", "--all-files"],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+def _try_repo(repo: Path, project: Path, home: Path, hook_id: str, *args: str,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**(env or os.environ), "PRE_COMMIT_HOME": str(home), "PRE_COMMIT_COLOR": "never"}
+    environment.pop("DROPCHECK_NO_CACHE", None)
+    return subprocess.run([sys.executable, "-m", "pre_commit", "try-repo", str(repo), hook_id, *args],
+                          cwd=project, env=environment, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def _real_project(project: Path, tmp_path: Path) -> Path:
+    import pre_commit  # noqa: F401 - the test extra installs it: missing, this fails instead of skipping
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = _snapshot_of_this_repository(tmp_path / "dropcheck-repo")
+    (project / "README.md").write_text("# a project\n", encoding="utf-8")
+    _git("init", "-q", cwd=project)
+    _git("add", "-A", cwd=project)
+    _git("commit", "-q", "-m", "bad model", cwd=project)
+    return repo
+
+
+def _system_dropcheck(bin_dir: Path) -> dict[str, str]:
+    """`dropcheck` on PATH as the developer's own: this checkout, with the interpreter running the tests
+    (and -X importtime, so the output shows whether torch was imported)."""
+    bin_dir.mkdir()
+    script = bin_dir / "dropcheck"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -X importtime -m dropcheck "$@"\n', encoding="utf-8")
+    script.chmod(0o755)
+    return {**_env(), "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+
+
+def _imports_torch(output: str) -> bool:
+    return any(line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == "torch"
+               for line in output.splitlines())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the PATH shim is a shell script")
+def test_pre_commit_runs_the_system_hook_offline_skips_unrelated_commits_and_answers_from_the_cache(
+        project: Path, tmp_path: Path) -> None:
+    repo = _real_project(project, tmp_path)
+    env = _system_dropcheck(tmp_path / "bin")
+    home = tmp_path / "pre-commit-home"
+    bad = _try_repo(repo, project, home, "dropcheck-system", "--all-files", "--verbose", env=env)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "dropcheck" in bad.stdout and "Failed" in bad.stdout and "DC001 [error]" in bad.stdout
+    assert _imports_torch(bad.stdout)
+
+    readme_only = _try_repo(repo, project, home, "dropcheck-system", "--files", "README.md", env=env)
+    assert readme_only.returncode == 0 and "Skipped" in readme_only.stdout, readme_only.stdout
+
+    again = _try_repo(repo, project, home, "dropcheck-system", "--all-files", "--verbose", env=env)
+    assert again.returncode == 1 and "DC001 [error]" in again.stdout, again.stdout + again.stderr
+    assert not _imports_torch(again.stdout)  # nothing changed: answered from .dropcheck_cache
+
+    (project / "model.py").write_text(get_rule("DC001").example_good, encoding="utf-8")
+    _git("add", "-A", cwd=project)
+    _git("commit", "-q", "-m", "dropout after the last BatchNorm", cwd=project)
+    good = _try_repo(repo, project, home, "dropcheck-system", "--all-files", "--verbose", env=env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "Passed" in good.stdout and _imports_torch(good.stdout)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project, check=True,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert status == ""  # the cache folder keeps itself out of git
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DROPCHECK_PRECOMMIT_TEST") != "1",
-                    reason="builds a virtualenv for the hook; set DROPCHECK_PRECOMMIT_TEST=1")
-def test_pre_commit_try_repo_fails_on_a_bad_model_then_passes(project: Path, tmp_path: Path) -> None:
-    pytest.importorskip("pre_commit")
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    repo = _snapshot_of_this_repository(tmp_path / "dropcheck-repo")
-    _git("init", "-q", cwd=project)
-    _git("add", "-A", cwd=project)
-    _git("commit", "-q", "-m", "bad model", cwd=project)
-    bad = _try_repo(repo, project, tmp_path / "pre-commit-home")
-    if "no targets given" in bad.stdout:
-        pytest.xfail("[tool.dropcheck] targets are not read yet (config support in progress)")
+                    reason="builds a virtualenv for the hook, which needs PyPI: set DROPCHECK_PRECOMMIT_TEST=1")
+def test_pre_commit_try_repo_of_the_python_hook_fails_on_a_bad_model_then_passes(
+        project: Path, tmp_path: Path) -> None:
+    repo = _real_project(project, tmp_path)
+    site = os.pathsep.join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    # pip in the hook's venv sees the test environment's torch, typer and rich on PYTHONPATH as
+    # installed, so it installs dropcheck alone and the hook imports the rest from there
+    env = {**os.environ, "PYTHONPATH": site}
+    bad = _try_repo(repo, project, tmp_path / "pre-commit-home", "dropcheck", "--all-files", env=env)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "dropcheck" in bad.stdout and "Failed" in bad.stdout and "DC001 [error]" in bad.stdout
 
     (project / "model.py").write_text(get_rule("DC001").example_good, encoding="utf-8")
     _git("add", "-A", cwd=project)
     _git("commit", "-q", "-m", "dropout after the last BatchNorm", cwd=project)
-    good = _try_repo(repo, project, tmp_path / "pre-commit-home")
+    good = _try_repo(repo, project, tmp_path / "pre-commit-home", "dropcheck", "--all-files", env=env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "Passed" in good.stdout
 
@@ -166,8 +232,6 @@ def _readme_blocks(language: str) -> list[str]:
 def test_readme_config_snippet_is_a_valid_dropcheck_config(tmp_path: Path) -> None:
     from dropcheck import config
 
-    if not hasattr(config, "load_config"):
-        pytest.xfail("[tool.dropcheck] is not read yet (config support in progress)")
     [toml] = _readme_blocks("toml")
     (tmp_path / "pyproject.toml").write_text(toml, encoding="utf-8")
     loaded = config.load_config(tmp_path / "pyproject.toml")
@@ -179,7 +243,8 @@ def test_readme_and_examples_give_the_same_pre_commit_config() -> None:
     readme = [yaml.safe_load(block) for block in _readme_blocks("yaml") if "repos:" in block]
     assert readme == [example]
     [repo] = example["repos"]
-    assert repo["hooks"] == [{"id": _hook()["id"]}] and repo["rev"]
+    assert repo["hooks"] == [{"id": "dropcheck-system"}] and repo["rev"]
+    assert {hook["id"] for hook in repo["hooks"]} <= set(_hooks())
 
 
 def test_example_workflow_uploads_the_sarif_the_audit_writes() -> None:

@@ -155,7 +155,6 @@ def test_sarif_failed_target_is_a_tool_notification_and_an_unsuccessful_run() ->
     assert to_sarif(_reports()[:2], load_rules())["runs"][0]["invocations"] == [{"executionSuccessful": True}]
 
 
-@pytest.mark.skipif("suppressed" not in Report.__dataclass_fields__, reason="suppressions not merged yet")
 def test_sarif_keeps_suppressed_findings_marked_as_suppressed_in_source(sarif_validator: Any) -> None:
     silenced = _finding("head_drop", "DC002", "dropout-after-global-pool", Severity.WARNING,
                         source=SourceLocation("examples/preresnet.py", 210))
@@ -204,11 +203,6 @@ def test_sarif_of_a_real_audit_points_at_the_dropout_calls(sarif_validator: Any,
         [sys.executable, "-m", "dropcheck", "audit", "examples/preresnet.py", "-a", "position=P3",
          "-a", "head_position=H5", "--no-config", "--format", "sarif", "--output", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if "No such option: --no-config" in result.stderr:  # config support not merged yet: same audit without it
-        result = subprocess.run(
-            [sys.executable, "-m", "dropcheck", "audit", "examples/preresnet.py", "-a", "position=P3",
-             "-a", "head_position=H5", "--format", "sarif", "--output", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr  # DC001 is an error
     assert result.stdout == ""
     log = json.loads(out.read_text(encoding="utf-8"))

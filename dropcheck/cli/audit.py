@@ -1,13 +1,17 @@
 """`dropcheck audit`: where each target's dropout disturbs BatchNorm, and the CI exit code."""
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ..analysis import catalog
+from ..cache import AuditCache, cache_disabled, cache_root
 from ..config import Config, TargetConfig, load_config, plan_targets
 from ..output.formats import FORMATS
 from ..output.progress import audit_progress
@@ -49,6 +53,9 @@ def audit(
     measure_too: Annotated[bool, typer.Option(
         "--measure", help="Also measure Δ at every BatchNorm (normal data, 4 batches of 32; see dropcheck "
                           "measure for the options).")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Audit every target afresh: neither read nor write .dropcheck_cache (a target is "
+                           "answered from it only when nothing it depends on changed).")] = False,
 ) -> None:
     """Audit each TARGET (default: the targets in the tool.dropcheck table of pyproject.toml) and report where
     its dropout disturbs BatchNorm. Command-line flags override the file."""
@@ -68,7 +75,8 @@ def audit(
     if measure_too:
         reports = measure_all(jobs, {"enabled": enabled}, None, False, err)
     else:
-        reports = _audit_all(jobs, enabled, err)
+        cache = None if no_cache or cache_disabled() else AuditCache(cache_root(config.path))
+        reports = _audit_all(jobs, enabled, err, cache)
     if show_unused_ignores:
         from ..analysis.suppress import unused_ignores
 
@@ -98,12 +106,37 @@ def _fail_on_rank(level: str) -> int | None:
     return FAIL_ON[level.lower()]
 
 
-def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console) -> list[Report]:
-    from ..analysis.pipeline import audit_target  # torch and the analysis load here, never for --help
+def _audit_all(jobs: list[TargetConfig], enabled: frozenset[str], err: Console,
+               cache: AuditCache | None) -> list[Report]:
+    """Each job's report: from the cache when nothing it depends on changed (no torch import),
+    else audited afresh and, when it can be, kept in the cache."""
+    keys = [cache.key(job.spec, job.model_args, job.input_shape, enabled) if cache else None for job in jobs]
+    reports: list[Report | None] = [cache.lookup(key) if cache and key else None for key in keys]
+    todo = [index for index, report in enumerate(reports) if report is None]
+    if todo:
+        from ..analysis.pipeline import audit_target  # torch and the analysis load here, never for --help
+        from ..cache.reads import recording
 
-    reports: list[Report] = []
-    with exit_on_interrupt(err), audit_progress(err, len(jobs)) as progress, stdout_to_stderr():
-        for index, job in enumerate(jobs, 1):
-            progress(job.spec, index)
-            reports.append(audit_target(job.spec, job.model_args, job.input_shape, enabled))
-    return reports
+        with exit_on_interrupt(err), audit_progress(err, len(todo)) as progress, stdout_to_stderr():
+            for count, index in enumerate(todo, 1):
+                job = jobs[index]
+                progress(job.spec, count)
+                before, started = set(sys.modules), time.time_ns()
+                with recording(cache.root, cache.folder) if cache else contextlib.nullcontext(set()) as read:
+                    report = audit_target(job.spec, job.model_args, job.input_shape, enabled)
+                report.seconds = round(report.seconds, 3)  # as the JSON and a cached answer give it
+                if cache is not None and keys[index] is not None and report.status == "ok":
+                    _keep(cache, keys[index], job.spec, (before, read, started), report)
+                reports[index] = report
+    return [report for report in reports if report is not None]
+
+
+def _keep(cache: AuditCache, key: dict[str, Any], spec: str, seen: tuple[set[str], set[str], int],
+          report: Report) -> None:
+    """Store a fresh ok report with what it depends on: `seen` is (sys.modules' names before its
+    audit, the project files it read, when it started)."""
+    from ..cache.sources import target_dependencies
+
+    deps = target_dependencies(spec, *seen)
+    if deps is not None:
+        cache.store(key, deps, report)

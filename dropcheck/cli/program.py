@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..version import __version__
-from . import audit, fix, measure, recalibrate, reproduce, rules, train_compare
+from . import audit, cache, fix, measure, recalibrate, reproduce, rules, train_compare
 from .errors import EXIT_ERROR
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("reproduce")(reproduce.reproduce_command)
 app.command()(measure.measure)
 app.command()(recalibrate.recalibrate)
 app.command("train-compare")(train_compare.train_compare)
+app.add_typer(cache.app, name="cache")
 
 
 def main() -> None:
