@@ -331,3 +331,14 @@ def test_explain_unknown_rule_is_one_line() -> None:
 def test_version() -> None:
     result = _dropcheck("--version")
     assert result.returncode == 0 and "0.1.0" in result.stdout
+
+
+def test_help_text_keeps_square_brackets_that_rich_would_read_as_markup() -> None:
+    from typer.testing import CliRunner
+
+    from dropcheck.cli.program import app
+
+    result = CliRunner().invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Read [tool.dropcheck] from FILE" in result.output
+    assert "Ignore [tool.dropcheck] in pyproject.toml" in result.output

@@ -45,8 +45,8 @@ def audit(
         "--ignore", metavar="CODES", show_default=False, help="Skip these rules: codes, prefixes or names.")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", metavar="FILE", show_default=False,
-        help="Read [tool.dropcheck] from FILE instead of the nearest pyproject.toml.")] = None,
-    no_config: Annotated[bool, typer.Option("--no-config", help="Ignore [tool.dropcheck] in pyproject.toml.")] = False,
+        help="Read \\[tool.dropcheck] from FILE instead of the nearest pyproject.toml.")] = None,
+    no_config: Annotated[bool, typer.Option("--no-config", help="Ignore \\[tool.dropcheck] in pyproject.toml.")] = False,
     show_unused_ignores: Annotated[bool, typer.Option(
         "--show-unused-ignores", help="Report '# dropcheck: ignore' comments that silenced nothing.")] = False,
     verbose: Annotated[bool, verbose_option("Show tracebacks of failed targets, and every finding on its own line.")] = False,
