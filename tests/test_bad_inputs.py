@@ -172,9 +172,10 @@ CASES: dict[str, tuple[list[str], str, str]] = {
         "(hint: pass them with -a KEY=VALUE, e.g. -a width=...)", ""),
     "untraceable": (
         ["audit", "untraceable.py"],
-        "untraceable.py: error (trace): untraceable.py:12: cannot trace Branchy: TraceError: symbolically traced "
-        "variables cannot be used as inputs to control flow (hint: fx cannot follow data-dependent Python "
-        "control flow; make that code a leaf module or a torch.fx.wrap'ed function, or audit a submodule)", ""),
+        "untraceable.py: error (trace): untraceable.py:12: cannot trace Branchy: ValueControlFlow: control flow on "
+        "a tensor's values (hint: a branch or loop on tensor values cannot be traced for every input: use "
+        "torch.where, make that code a leaf module or a torch.fx.wrap'ed function, or audit a submodule without it "
+        "(TARGET::name); sizes, dims and devices are resolved from the example input)", ""),
     "forward-raises": (
         ["audit", "raises.py"],
         "raises.py: error (trace): raises.py:12: cannot trace Unfinished: RuntimeError: forward is not written yet "

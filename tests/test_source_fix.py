@@ -195,7 +195,7 @@ CASES = {
     "preact-nested": ({"preact.py": PREACT_BLOCK + PREACT_NET}, "preact.py", "preact.py", 1),
     "always-on-head": ({"odd.py": ODD + "\nINPUT_SHAPE = (2, 3, 16, 16)\n"}, "odd.py", "odd.py", 2),
     "sequential-blocks": ({"seqnet.py": SEQUENTIAL_BLOCKS}, "seqnet.py", "seqnet.py", 2),
-    "trunk-into-another-class": ({"trunk.py": TRUNK}, "trunk.py", "trunk.py", 4),
+    "trunk-into-another-class": ({"trunk.py": TRUNK}, "trunk.py", "trunk.py", 5),  # the old declaration goes
     "channelwise-head": ({"head.py": CHANNELWISE_HEAD}, "head.py", "head.py", 4),
     "package-sibling": ({"pkg/__init__.py": "", "pkg/blocks.py": BLOCK, "pkg/model.py": PACKAGE_MODEL},
                         "pkg.model:Net", "pkg/blocks.py", 2),
@@ -265,6 +265,7 @@ def test_a_move_into_another_class_declares_the_dropout_there(tmp_path: Path) ->
     assert _changed_lines(shown.stdout) == [
         "+        self.drop_guideline = nn.Dropout(p=0.2)",
         "+        out = self.drop_guideline(out)",
+        "-        self.drop = nn.Dropout(0.2)",  # nothing calls it any more: its declaration goes too
         "-        out = self.drop(self.stem(x))",
         "+        out = self.stem(x)",
     ]
