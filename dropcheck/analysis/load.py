@@ -46,12 +46,12 @@ def load_target(spec: str, model_args: dict[str, Any] | None = None,
     notes = []
     if shape is None and kind in ("file", "module"):
         from .input_shape import infer_input_shape
-        from .shapes import REAL_RUN_MAX_PARAMS
+        from .shapes import REAL_RUN_MAX_PARAMS, materialise_on_cpu
 
         if device == "meta" and sum(p.numel() for p in model.parameters()) <= REAL_RUN_MAX_PARAMS:
             # the capture would materialise it for its shape run anyway; real kernels beat meta ones
             # (whose first use imports torch._dynamo, about 1.5 s)
-            model.to_empty(device="cpu")
+            materialise_on_cpu(model)
             device = "cpu"
         shape, note = infer_input_shape(model, device)
         # when nothing fits, the usual default goes on and the capture says where it does not fit

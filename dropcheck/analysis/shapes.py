@@ -203,10 +203,16 @@ def shape_mode(target: Target) -> tuple[str, tuple[Any, ...]]:
     on_meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs)
     if on_meta:
         if target.origin != "api" and params <= REAL_RUN_MAX_PARAMS and "torch._dynamo" not in sys.modules:
-            root.to_empty(device="cpu")
+            materialise_on_cpu(root)
             return "real", tuple(torch.randn(*x.shape) if isinstance(x, torch.Tensor) else x for x in inputs)
         return "meta", inputs
     return ("real" if params <= REAL_RUN_MAX_PARAMS else "fake"), inputs
+
+
+def materialise_on_cpu(model: nn.Module) -> None:
+    """`model.to_empty(device="cpu")` without its cost: to_empty calls empty_like on meta tensors, a
+    Python ref whose first use imports torch's primitives (about 0.9 s); a plain factory does not."""
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu") if t.device.type == "meta" else t)
 
 
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[Any, ...], mode: str,
