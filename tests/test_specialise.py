@@ -13,74 +13,8 @@ from dropcheck.analysis.pipeline import audit_loaded
 from dropcheck.cli.program import app
 from dropcheck.records import DropcheckError
 
-AUDIO = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class AudioCNN(nn.Module):
-    """Takes (batch, time) or (batch, 1, time)."""
-
-    def __init__(self, n_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv1d(1, 32, 5, padding=2)
-        self.bn1 = nn.BatchNorm1d(32)
-        self.drop = nn.Dropout(0.3)
-        self.conv2 = nn.Conv1d(32, 64, 5, padding=2)
-        self.bn2 = nn.BatchNorm1d(64)
-        self.fc = nn.Linear(64, n_classes)
-
-    def forward(self, x):
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.drop(x)
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.adaptive_avg_pool1d(x, 1).view(x.size(0), -1)
-        return self.fc(x)
-
-
-class CRNN(nn.Module):
-    def __init__(self, hidden=32, n_classes=5):
-        super().__init__()
-        self.hidden = hidden
-        self.conv = nn.Conv1d(8, 16, 3, padding=1)
-        self.bn = nn.BatchNorm1d(16)
-        self.drop = nn.Dropout(0.2)
-        self.cell = nn.GRUCell(16, hidden)
-        self.out = nn.Linear(hidden, n_classes)
-
-    def forward(self, x):
-        b = x.size(0)
-        x = self.drop(F.relu(self.bn(self.conv(x))))
-        h = torch.zeros(b, self.hidden)
-        for t in range(x.size(2)):
-            h = self.cell(x[:, :, t], h)
-        return self.out(h)
-
-
-class PointNet(nn.Module):
-    def __init__(self, k=4):
-        super().__init__()
-        self.conv1 = nn.Conv1d(3, 64, 1)
-        self.bn1 = nn.BatchNorm1d(64)
-        self.fc1 = nn.Linear(64, 32)
-        self.dropout = nn.Dropout(p=0.4)
-        self.bn2 = nn.BatchNorm1d(32)
-        self.fc2 = nn.Linear(32, k)
-
-    def forward(self, x):
-        batchsize = x.size()[0]
-        iden = torch.eye(2).view(1, 4).repeat(batchsize, 1)
-        if x.is_cuda:
-            iden = iden.cuda()
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = torch.max(x, 2, keepdim=True)[0].view(-1, 64)
-        x = F.relu(self.bn2(self.dropout(self.fc1(x))))
-        return self.fc2(x) + iden
-
-
+# the shape-branching models of benchmarks/models/shape_flow.py, and one that branches on values
+GATE = '''
 class Gate(nn.Module):
     def __init__(self):
         super().__init__()
@@ -94,6 +28,8 @@ class Gate(nn.Module):
             x = x * 2
         return self.bn(x)
 '''
+AUDIO = (Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "shape_flow.py").read_text() + "\n\n" + GATE
+
 
 # ENet's downsampling bottleneck: the main path is zero-padded to the extension's channels with a
 # tensor sized from ext.size(); main does not depend on the extension's dropout, so `main + ext`
@@ -232,14 +168,14 @@ def test_control_flow_on_tensor_values_stays_an_error_at_the_users_line(audio: P
         audit_loaded(load_target(f"{audio}:Gate", input_shape=(2, 3, 8, 8)))
     error = caught.value
     assert error.kind == "trace"
-    assert "audio.py:78" in error.message and "tensor's values" in error.message
+    assert "audio.py:79" in error.message and "tensor's values" in error.message
     assert "torch.where" in error.hint
 
 
 def test_the_cli_says_a_value_branch_in_one_line_with_exit_2(audio: Path) -> None:
     result = CliRunner().invoke(app, ["audit", f"{audio}:Gate", "--input-shape", "2,3,8,8"])
     assert result.exit_code == 2
-    assert "Traceback" not in result.output and "audio.py:78" in result.output
+    assert "Traceback" not in result.output and "audio.py:79" in result.output
 
 
 @pytest.mark.parametrize("factory", ["zeros", "new_zeros"])

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 
 class AudioCNN(nn.Module):
-    """Takes (batch, time) waveforms-as-features or (batch, 1, time)."""
+    """Takes (batch, time) or (batch, 1, time)."""
 
     def __init__(self, n_classes=10):
         super().__init__()
@@ -57,10 +57,10 @@ class PointNet(nn.Module):
 
     def forward(self, x):
         batchsize = x.size()[0]
-        iden = torch.eye(3).view(1, 9).repeat(batchsize, 1)
+        iden = torch.eye(2).view(1, 4).repeat(batchsize, 1)
         if x.is_cuda:
             iden = iden.cuda()
         x = F.relu(self.bn1(self.conv1(x)))
         x = torch.max(x, 2, keepdim=True)[0].view(-1, 64)
         x = F.relu(self.bn2(self.dropout(self.fc1(x))))
-        return self.fc2(x) + iden.sum() * 0
+        return self.fc2(x) + iden
