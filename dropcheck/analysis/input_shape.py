@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .modes import eval_mode
+
 USUAL_SIZES = (224, 32, 28, 64, 96, 128, 256, 299, 512)
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.LazyConv1d: 1, nn.LazyConv2d: 2, nn.LazyConv3d: 3}
 
@@ -38,20 +40,16 @@ def infer_input_shape(model: nn.Module, device: str) -> tuple[tuple[int, ...] | 
     if found is None:
         return None, "no Conv or Linear layer to read the input's channels from"
     name, layer = found
-    flags = {m: m.training for m in model.modules()}
     tried = []
-    model.eval()
-    try:
+    with eval_mode(model):
         for shape in candidates(layer):
             tried.append("x".join(str(d) for d in shape))
             if _runs(model, shape, device):
                 what = "features" if isinstance(layer, nn.Linear) else "channels"
                 skipped = f"; {', '.join(tried[:-1])} did not fit" if len(tried) > 1 else ""
-                return shape, (f"input shape {tried[-1]} inferred ({name} takes {shape[1]} {what if shape[1] != 1 else what[:-1]}{skipped}); "
+                what = what if shape[1] != 1 else what[:-1]
+                return shape, (f"input shape {tried[-1]} inferred ({name} takes {shape[1]} {what}{skipped}); "
                                "pass --input-shape to choose another")
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
     return None, f"no usual input size fits ({name} takes {shape[1]}; tried {', '.join(tried)})"
 
 

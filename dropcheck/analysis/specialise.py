@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -27,7 +26,8 @@ from torch.fx.proxy import Attribute, TraceError
 
 from ..records import SourceLocation
 from .tracer import DropcheckTracer
-from .imports import display_path, is_library_frame
+from .imports import user_location
+from .modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class SpecialisingTracer(DropcheckTracer):
         return ExampleProxy(node, self)  # type: ignore[arg-type]
 
     def record(self, kind: str) -> None:
-        self.decisions.append(Decision(kind, _user_location(sys._getframe(2))))
+        self.decisions.append(Decision(kind, user_location(sys._getframe(2))))
 
     # while an example is computed, module calls and attribute reads run for real, recording nothing
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -256,7 +256,7 @@ class SpecialisingTracer(DropcheckTracer):
             with torch.no_grad(), self._example_mode(), ExitStack() as stack:
                 if kind == "call_module":
                     m = self.root.get_submodule(target)
-                    stack.enter_context(_in_eval(m))  # no BatchNorm buffer moves for an example
+                    stack.enter_context(eval_mode(m))  # no BatchNorm buffer moves for an example
                     return m.forward(*ex_args, **ex_kwargs)
                 if kind == "call_method":
                     return getattr(ex_args[0], target)(*ex_args[1:], **ex_kwargs)
@@ -272,30 +272,6 @@ def _fetch(root: nn.Module, qualname: str) -> Any:
     for part in qualname.split("."):
         value = getattr(value, part)
     return value
-
-
-class _in_eval:
-    def __init__(self, m: nn.Module) -> None:
-        self.m = m
-
-    def __enter__(self) -> None:
-        self.flags = {s: s.training for s in self.m.modules()}
-        self.m.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, flag in self.flags.items():
-            s.training = flag
-
-
-def _user_location(frame: types.FrameType | None) -> SourceLocation | None:
-    """The first frame in the user's code: where the size was read or the branch taken."""
-    here = {__file__, sys.modules[DropcheckTracer.__module__].__file__}
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if name not in here and not is_library_frame(name):
-            return SourceLocation(display_path(name), frame.f_lineno)
-        frame = frame.f_back
-    return None
 
 
 def describe(decisions: Iterable[Decision], inputs: tuple[Any, ...], stopped_at: str) -> str:

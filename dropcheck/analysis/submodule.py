@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..records import DropcheckError, Target
+from .modes import eval_mode
 
 SEPARATOR = "::"
 
@@ -44,11 +45,9 @@ def submodule_target(whole: Target, qualname: str, spec: str) -> Target:
         raise _Reached(args, kwargs)
 
     handle = sub.register_forward_pre_hook(stop, with_kwargs=True)
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
     shape = "x".join(str(d) for d in whole.input_shape)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(*whole.inputs)
     except _Reached as reached:
         inputs, kwargs = reached.args, reached.kwargs
@@ -61,8 +60,6 @@ def submodule_target(whole: Target, qualname: str, spec: str) -> Target:
                              "name a submodule the forward uses")
     finally:
         handle.remove()
-        for m, flag in flags.items():
-            m.training = flag
     if kwargs or not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise DropcheckError("load", f"'{qualname}' is called with arguments other than tensors",
                              "audit a submodule whose forward takes only tensors, or the whole model")

@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from ..analysis import ops
 from ..analysis.catalog import describe_codes, verified_by_fix
+from ..analysis.modes import eval_mode
 from ..records import Capture, Check, Report, Site
 
 _SEEDS = (0, 1, 2)
@@ -275,19 +276,4 @@ def capped_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-class eval_mode:
-    """Eval mode for the duration, every module's flag restored afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> None:
-        self.flags = {m: m.training for m in self.module.modules()}
-        self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, flag in self.flags.items():
-            m.training = flag
 
