@@ -63,6 +63,7 @@ def test_recalibrate_writes_new_weights_and_restores_consistency(tmp_path: Path)
     from dropcheck.analysis.load import load_target
 
     small = {"position": "P3", "p": 0.5, "blocks": (1, 1), "widths": (8, 16)}
+    torch.manual_seed(0)  # the initialisation otherwise follows whatever ran before in this worker
     target = load_target(str(REPO / "examples/preresnet.py"), small, weights=True)
     model = target.model.train()
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -78,7 +79,9 @@ def test_recalibrate_writes_new_weights_and_restores_consistency(tmp_path: Path)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)["recalibration"]
     before, after = result["consistency_before"], result["consistency_after"]
-    assert before["stages.0.0.bn2"] < 0.8 and abs(after["stages.0.0.bn2"] - 1) < 0.02
+    # Statistics are re-estimated on 4x32 digits and checked on 4x32 others, so "after" is 1 up to
+    # sampling: over 20 initialisations (seeds 0-19) it read 0.960-1.003, "before" 0.27-0.46.
+    assert before["stages.0.0.bn2"] < 0.8 and abs(after["stages.0.0.bn2"] - 1) < 0.06
     state = torch.load(out, weights_only=True)
     assert set(state) == set(torch.load(checkpoint, weights_only=True))
     same = _run("recalibrate", "examples/preresnet.py", "--checkpoint", str(checkpoint), "-o", str(checkpoint))
