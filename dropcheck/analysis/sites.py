@@ -26,7 +26,10 @@ class _Placement:
     why: str
 
 
-def _place(g: Graph, s: int) -> _Placement:
+def _place(g: Graph, s: int, weight_inside: bool = False) -> _Placement:
+    """Where the dropout at node `s` sits. `weight_inside`: the node is a leaf whose own weight layer
+    follows its dropout (nn.MultiheadAttention's out_proj), so its output is neither predictions nor
+    channels masked after a pool."""
     is_merge = lambda i: g.is_merge_for(i, s)  # noqa: E731
     before_bn = g.walk([s], lambda i: _is_bn_like(g, i) or is_merge(i))
     reached = sorted(i for i in before_bn if i != s and _is_bn_like(g, i))
@@ -34,10 +37,10 @@ def _place(g: Graph, s: int) -> _Placement:
     merge_name = g.display(merge) if merge is not None else None
 
     reaches = tuple(g.display(i) for i in reached)  # DC001 follows these, whatever the site kind
-    on_predictions = g.reaches_output(s, lambda i: g.kinds[i] == WEIGHT or is_merge(i))
+    on_predictions = not weight_inside and g.reaches_output(s, lambda i: g.kinds[i] == WEIGHT or is_merge(i))
     if on_predictions:
         return _logits(g, s, merge_name, reaches, after_pool=s in g.post_pool)
-    if s in g.post_pool:
+    if s in g.post_pool and not weight_inside:
         return _Placement(SiteKind.HEAD_POST_GAP, "H5", reaches, merge_name,
                           "after global pooling: it masks whole channels (Prop. 5)")
     if reached:
@@ -220,11 +223,11 @@ def _opaque_sites(g: Graph, i: int, region: OpaqueRegion, ids: _IdMaker, capture
     """Dropouts hidden in an untraceable leaf.
 
     torch's MultiheadAttention drops attention weights just before its output projection, so its
-    output is a fair place for that site. Anywhere else the position inside is unknown: the site
+    output, with that projection between, is a fair place for that site. Anywhere else the position inside is unknown: the site
     is listed as `other`, with no verdict, rather than guessed.
     """
     attention = region.reason == "torch.nn leaf"
-    placement = _place(g, i) if attention else None
+    placement = _place(g, i, weight_inside=True) if attention else None
     out = []
     for qual in region.dropouts:
         m = capture.root.get_submodule(qual)

@@ -93,6 +93,10 @@ def plan_fix(capture: Capture, analysis: Analysis, p_override: float | None = No
     movers: dict[Point, list[tuple[Site, str]]] = defaultdict(list)
     kept_at: dict[str, Site] = {}  # producer node (or "branch:" + merge) -> a dropout that stays there
     for site in analysis.sites:
+        if site.opaque and site.active and site.site in moved_by_fix():
+            plan.cannot(site, f"the {site.op} {site.opaque} drops inside itself, where fix does not rewrite; build "
+                              "it with dropout=0 and, for the regularisation, a dropout of your own after the BatchNorm")
+            continue
         if site.node is None or site.opaque or not site.active:
             continue
         if "::" in site.node:
