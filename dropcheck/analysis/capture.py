@@ -20,7 +20,7 @@ from .flow import build_flow_graph
 from ..records import Capture, DropcheckError, OpaqueRegion, Target
 from .shapes import Inlined, propagate_shapes, shape_mode
 from .trace_errors import trace_error
-from .tracer import DropcheckTracer
+from .tracer import DropcheckTracer, user_stochastic_functions
 
 _MAX_INLINE_DEPTH = 4
 
@@ -77,8 +77,10 @@ def _trace_train(root: nn.Module, inputs: tuple[Any, ...], mode: str) -> tuple[f
     """Trace in train mode with the plain tracer, then the zoo-aware one, then specialising on the
     example input (analysis.specialise); returns how to make the same tracer again (for eval mode)."""
     leaves, functions = _zoo_tracer_config()
-    attempts: list[tuple[str, Callable[[], DropcheckTracer]]] = [("symbolic_trace", DropcheckTracer)]
-    if leaves or functions:
+    own = user_stochastic_functions(root)
+    functions = [*functions, *own]
+    attempts: list[tuple[str, Callable[[], DropcheckTracer]]] = [("symbolic_trace", lambda: DropcheckTracer((), own))]
+    if leaves or len(functions) > len(own):
         attempts.append(("zoo-aware", lambda: DropcheckTracer(leaves, functions)))
     attempts.append(("specialised", lambda: _specialising(root, inputs, mode, leaves, functions)))
     errors: list[DropcheckError] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import operator
 import re
+import types
 import sys
 from functools import lru_cache
 from typing import Any, Callable
@@ -184,7 +185,14 @@ def is_dropout_function(fn: Any) -> bool:
 
 
 def is_stochastic_depth_function(fn: Any) -> bool:
-    return fn in zoo_functions()["stochastic"]
+    return fn in zoo_functions()["stochastic"] or is_user_stochastic_function(fn)
+
+
+def is_user_stochastic_function(fn: Any) -> bool:
+    """A Python function named like stochastic depth (`drop_connect`, `drop_path`) outside torch: the
+    user's own, which the tracer keeps as one call (it would otherwise inline it into rand and floor)."""
+    return (isinstance(fn, types.FunctionType) and bool(_STOCHASTIC_NAME.search(fn.__name__))
+            and not (fn.__module__ or "").startswith("torch"))
 
 
 def function_p_and_training(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, bool]:
@@ -197,10 +205,15 @@ def function_p_and_training(fn: Any, args: tuple[Any, ...], kwargs: dict[str, An
         p = kwargs.get(p_kw, args[p_pos] if len(args) > p_pos else 0.5)
         training = kwargs.get(t_kw, args[t_pos] if len(args) > t_pos else True)
         return _as_float(p), bool(training) if isinstance(training, bool) else True
-    bound = _bind(fn, args, kwargs)  # timm drop_block_2d & co: p under some name, no training flag
-    for name in ("drop_prob", "p", "drop_rate"):
+    bound = _bind(fn, args, kwargs)  # timm drop_block_2d & co, users' drop_connect: p under some name
+    training = bound.get("training", True)
+    training = training if isinstance(training, bool) else True
+    for name in ("drop_prob", "p", "drop_rate", "drop_connect_rate", "drop_path_rate", "rate", "prob"):
         if name in bound:
-            return _as_float(bound[name]), bool(bound.get("training", True))
+            return _as_float(bound[name]), training
+    for name in ("keep_prob", "survival_prob", "survival_rate"):  # written as what is kept
+        if isinstance(bound.get(name), (int, float)) and not isinstance(bound[name], bool):
+            return 1.0 - float(bound[name]), training
     return 0.0, True
 
 

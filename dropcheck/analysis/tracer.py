@@ -2,6 +2,7 @@
 of each node, and the user's source line for the calls a finding points at."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 from typing import Any, Callable, Iterable
@@ -68,6 +69,24 @@ class DropcheckTracer(fx.Tracer):
         if _wants_source(kind, target, self.root if hasattr(self, "root") else None):
             self.sources[node.name] = _call_site(sys._getframe(1))
         return node
+
+
+def user_stochastic_functions(root: Any) -> list[Callable[..., Any]]:
+    """The user's stochastic-depth functions (EfficientNet-PyTorch's `drop_connect`, a `drop_path`
+    copied into a model file), found by name in the modules that `root`'s classes come from. Traced
+    as calls, they are reported as stochastic depth; inlined, they would be anonymous rand and floor."""
+    if not isinstance(root, nn.Module):
+        return []
+    found: dict[int, Callable[..., Any]] = {}
+    for module_name in {type(m).__module__ for m in root.modules()}:
+        file = getattr(sys.modules.get(module_name), "__file__", None) or "<none>"
+        if is_library_frame(file) or any(f"{os.sep}{d}{os.sep}" in file for d in ("site-packages", "dist-packages")):
+            continue  # timm's and torchvision's own are known by identity (ops.zoo_functions)
+        module = sys.modules[module_name]
+        for value in list(vars(module).values()):
+            if ops.is_user_stochastic_function(value) and not is_library_frame(value.__code__.co_filename):
+                found[id(value)] = value
+    return list(found.values())
 
 
 def _wants_source(kind: str, target: Any, root: nn.Module | None) -> bool:
