@@ -210,7 +210,8 @@ def test_report_to_json_equals_the_cli_result(tmp_path: Path) -> None:
     assert [f["rule"] for f in cli["findings"]] == ["DC001", "DC001", "DC002"]
     for result in (cli, mine):
         result.pop("seconds")
-        # where shapes ran: a small model is materialised on the CPU, whatever ran before in the process
-        assert result["capture"].pop("device") == "cpu"
+        # where shapes ran: a fresh process materialises a small model on the CPU, one that has already
+        # imported torch._dynamo (earlier tests) keeps it on meta, whose kernels are cheap by then
+        assert result["capture"].pop("device") in ("cpu", "meta")
     assert mine == cli
     assert repr(report).endswith(": Net, 3 dropouts, 3 findings (DC001 x2, DC002 x1), worst error>")

@@ -8,6 +8,7 @@ meta device is materialised (uninitialised) and run for real instead.
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -201,7 +202,7 @@ def shape_mode(target: Target) -> tuple[str, tuple[Any, ...]]:
     params = sum(p.numel() for p in root.parameters())
     on_meta = any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in inputs)
     if on_meta:
-        if target.origin != "api" and params <= REAL_RUN_MAX_PARAMS:
+        if target.origin != "api" and params <= REAL_RUN_MAX_PARAMS and "torch._dynamo" not in sys.modules:
             materialise_on_cpu(root)
             return "real", tuple(torch.randn(*x.shape) if isinstance(x, torch.Tensor) else x for x in inputs)
         return "meta", inputs
