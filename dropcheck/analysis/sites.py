@@ -223,8 +223,8 @@ def _opaque_sites(g: Graph, i: int, region: OpaqueRegion, ids: _IdMaker, capture
     """Dropouts hidden in an untraceable leaf.
 
     torch's MultiheadAttention drops attention weights just before its output projection, so its
-    output, with that projection between, is a fair place for that site. Anywhere else the position inside is unknown: the site
-    is listed as `other`, with no verdict, rather than guessed.
+    output, with that projection between, is a fair place for that site. Anywhere else the position
+    inside is unknown: the site is listed as `other`, with no verdict, rather than guessed.
     """
     attention = region.reason == "torch.nn leaf"
     placement = _place(g, i, weight_inside=True) if attention else None
