@@ -76,11 +76,11 @@ def _trace_train(root: nn.Module, inputs: tuple[Any, ...], mode: str) -> tuple[f
                                                                               Callable[[], DropcheckTracer]]:
     """Trace in train mode with the plain tracer, then the zoo-aware one, then specialising on the
     example input (analysis.specialise); returns how to make the same tracer again (for eval mode)."""
-    leaves, functions = _zoo_tracer_config()
-    own = user_stochastic_functions(root)
-    functions = [*functions, *own]
+    leaves, zoo_functions = _zoo_tracer_config()
+    own = user_stochastic_functions(root)  # kept as calls by every attempt
+    functions = [*zoo_functions, *own]
     attempts: list[tuple[str, Callable[[], DropcheckTracer]]] = [("symbolic_trace", lambda: DropcheckTracer((), own))]
-    if leaves or len(functions) > len(own):
+    if leaves or zoo_functions:
         attempts.append(("zoo-aware", lambda: DropcheckTracer(leaves, functions)))
     attempts.append(("specialised", lambda: _specialising(root, inputs, mode, leaves, functions)))
     errors: list[DropcheckError] = []
