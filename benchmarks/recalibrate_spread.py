@@ -27,7 +27,8 @@ SMALL = {"position": "P3", "p": 0.5, "blocks": (1, 1), "widths": (8, 16)}
 MODEL = str(ROOT / "examples/preresnet.py")
 
 
-def one(seed: int, folder: Path) -> tuple[float, float]:
+def write_trained_checkpoint(seed: int, checkpoint: Path) -> None:
+    """A "trained" checkpoint: BatchNorm statistics gathered in train mode, dropout on."""
     torch.manual_seed(seed)
     model = load_target(MODEL, SMALL, weights=True).model.train()
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -36,8 +37,12 @@ def one(seed: int, folder: Path) -> tuple[float, float]:
     with torch.no_grad():
         for x in batches("digits", 32, 6, (32, 3, 32, 32), "cpu", 5):
             model(x)
-    checkpoint = folder / "trained.pt"
     torch.save(model.state_dict(), checkpoint)
+
+
+def one(seed: int, folder: Path) -> tuple[float, float]:
+    checkpoint = folder / "trained.pt"
+    write_trained_checkpoint(seed, checkpoint)
     result = recalibrate_target(MODEL, SMALL, None, str(checkpoint), batches=4, batch_size=32)
     return result["consistency_before"]["stages.0.0.bn2"], result["consistency_after"]["stages.0.0.bn2"]
 

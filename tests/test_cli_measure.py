@@ -57,23 +57,11 @@ def test_measure_bad_options_are_one_line() -> None:
 
 
 def test_recalibrate_writes_new_weights_and_restores_consistency(tmp_path: Path) -> None:
-    # a "trained" checkpoint: BatchNorm statistics gathered in train mode, dropout on
-    sys.path.insert(0, str(REPO))
-    from dropcheck.measurement.data import batches
-    from dropcheck.analysis.load import load_target
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from recalibrate_spread import write_trained_checkpoint  # the benchmark that measured the tolerance
 
-    small = {"position": "P3", "p": 0.5, "blocks": (1, 1), "widths": (8, 16)}
-    torch.manual_seed(0)  # the initialisation otherwise follows whatever ran before in this worker
-    target = load_target(str(REPO / "examples/preresnet.py"), small, weights=True)
-    model = target.model.train()
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.momentum = None
-        bn.reset_running_stats()
-    with torch.no_grad():
-        for x in batches("digits", 32, 6, (32, 3, 32, 32), "cpu", 5):
-            model(x)
     checkpoint, out = tmp_path / "trained.pt", tmp_path / "recalibrated.pt"
-    torch.save(model.state_dict(), checkpoint)
+    write_trained_checkpoint(0, checkpoint)
     run = _run("recalibrate", *SMALL, "-a", "p=0.5", "--checkpoint", str(checkpoint), "-o", str(out),
                "--batches", "4", "--batch-size", "32", "--format", "json")
     assert run.returncode == 0, run.stderr
